@@ -1,0 +1,18 @@
+"""toolpool: run a pool of long-lived interactive CLI tools from synchronous Python."""
+
+from .adapters import Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter
+from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ProtocolError,
+                     ResponseTimeout, ResponseTooLarge, SpawnError, ToolNotFoundError, ToolPoolError)
+from .instance import Instance
+from .pool import ToolProcessPool
+from .response import Response, Timings
+from .states import State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "DemoAdapter", "Instance", "InstanceBusy", "InstanceCrashed", "InstanceUnavailable", "PoolClosed",
+    "PoolFull", "ProtocolError", "ReplAdapter", "Response", "ResponseTimeout", "ResponseTooLarge", "SpawnError",
+    "State", "Timings", "ToolNotFoundError", "ToolPoolError", "ToolProcessPool", "adapter_names", "create_adapter",
+    "register_adapter",
+]

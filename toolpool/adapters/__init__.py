@@ -1,0 +1,41 @@
+"""Tool adapters: what each tool speaks.  See :mod:`toolpool.adapters.base`.
+
+A registry maps short names to adapter factories, so ``ToolProcessPool("demo")``
+works; :func:`register_adapter` adds your own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+from .base import Adapter, Control, Frame, Framer, check_terminal_safe, redact_argv
+from .demo import DemoAdapter
+from .repl import PromptFramer, ReplAdapter
+
+_REGISTRY: Dict[str, Callable[..., Adapter]] = {}
+
+
+def register_adapter(name: str, factory: Callable[..., Adapter]) -> None:
+    """Make ``ToolProcessPool(name, ...)`` build its adapter with ``factory(**options)``."""
+    if not name or not isinstance(name, str):
+        raise ValueError("adapter name must be a non-empty string")
+    _REGISTRY[name] = factory
+
+
+def adapter_names() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def create_adapter(name: str, **options: Any) -> Adapter:
+    """Build the adapter registered as ``name``."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown adapter {name!r}; registered: {', '.join(adapter_names())}") from None
+    return factory(**options)
+
+
+register_adapter("demo", DemoAdapter)
+
+__all__ = ["Adapter", "Control", "DemoAdapter", "Frame", "Framer", "PromptFramer", "ReplAdapter",
+           "adapter_names", "check_terminal_safe", "create_adapter", "redact_argv", "register_adapter"]

@@ -1,0 +1,234 @@
+"""The adapter interface: everything toolpool needs to know about one tool.
+
+An :class:`Adapter` describes a tool; it holds no process.  For every process
+it starts, the instance asks the adapter for a :class:`Framer`, a small parser
+that lives on that process's stdout reader thread and cuts the byte stream
+into :class:`Frame` s (one per response).  The parts, in the order an instance
+uses them:
+
+========================  ======================================================
+``command(slot)``         argv list (never run through a shell)
+``environment(slot)``     the complete environment for the child
+``cwd``, ``transport``    working directory; ``"pipe"`` or ``"pty"``
+``handshake()``           bytes that make the tool announce readiness, or None
+                          when it announces itself (a REPL's first prompt)
+``ready_on_spawn``        True for one-shot tools: ready as soon as spawned
+``warmup_prompts()``      prompts sent before the instance counts as ready
+``encode(prompt)``        the bytes to write for a prompt (ValueError if unsafe)
+``new_framer()``          a parser for one process's output
+``interrupt(control)``    cancel the turn in progress
+``oneshot``               one process per prompt (stdin closed after it)
+========================  ======================================================
+
+Writing an adapter for a new tool is usually a subclass of
+:class:`toolpool.adapters.repl.ReplAdapter` with another prompt pattern; a
+tool with its own protocol (like ``claude``'s JSON lines) writes a Framer.
+See ``docs/adapters.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+#: 64 MiB: far above any real answer (claude turns with tool output reach a few
+#: MiB), low enough that a runaway tool cannot exhaust memory.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+#: Canonical-mode terminals drop input past this many bytes per line.
+PTY_MAX_LINE = 4095
+
+EventCallback = Callable[[Dict[str, Any]], None]
+
+
+@dataclass
+class Frame:
+    """One unit cut from a tool's output by a :class:`Framer`.
+
+    ``final`` False means: fail the current request now with ``error``, but the
+    tool is still answering it; the instance stays busy until a final frame
+    for the same turn arrives (which is then discarded).
+    """
+
+    raw: bytes = b""
+    text: str = ""
+    fields: Dict[str, Any] = field(default_factory=dict)
+    error: Optional[BaseException] = None
+    final: bool = True
+
+
+class Framer:
+    """Cuts one process's output into frames.  Subclass per protocol.
+
+    All methods run under the owning instance's lock, on the reader thread
+    (``feed``, ``on_quiet``, ``on_exit``) or on the caller's thread
+    (``start_turn``, ``interrupt_sent``), so a framer needs no locking of its
+    own.  Keep them quick: they sit between the tool and the caller.
+    """
+
+    #: Seconds of silence required after a candidate end before it counts
+    #: (0: a frame ends the moment its terminator arrives).
+    settle: float = 0.0
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        #: Events parsed since the last drain, delivered to the turn's callback
+        #: by the instance outside its lock.
+        self.events: List[Dict[str, Any]] = []
+
+    def start_turn(self, prompt: Optional[str]) -> None:
+        """A request is about to be written (None for readiness and control)."""
+
+    def feed(self, data: bytes) -> List[Frame]:
+        """Consume output; return the frames it completed."""
+        raise NotImplementedError
+
+    def has_candidate(self) -> bool:
+        """True when the output so far ends like a response, pending ``settle``."""
+        return False
+
+    def on_quiet(self) -> List[Frame]:
+        """The ``settle`` period passed with no output; confirm the candidate."""
+        return []
+
+    def on_exit(self) -> List[Frame]:
+        """The process exited; return any frame its exit completes."""
+        return []
+
+    def interrupt_sent(self) -> None:
+        """The instance asked the tool to cancel the current turn."""
+
+    def partial(self) -> bytes:
+        """The bytes received so far of the frame in progress."""
+        return b""
+
+
+class Control:
+    """What :meth:`Adapter.interrupt` may do to the running process."""
+
+    def __init__(self, write: Callable[[bytes], None], signal_process: Callable[[int], bool],
+                 signal_group: Callable[[int], bool], framer: Framer) -> None:
+        self.write = write
+        self.signal_process = signal_process
+        self.signal_group = signal_group
+        self.framer = framer
+
+
+class Adapter:
+    """Describes how to run and talk to one kind of tool.  See module docs."""
+
+    name: str = "adapter"
+    transport: str = "pipe"
+    ready_on_spawn: bool = False
+    oneshot: bool = False
+
+    def __init__(self, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+                 start_timeout: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 encoding: str = "utf-8", stderr_tail_bytes: int = 8192,
+                 warmup: Sequence[str] = ()) -> None:
+        if start_timeout <= 0:
+            raise ValueError(f"start_timeout must be > 0 seconds, got {start_timeout!r}")
+        if max_response_bytes < 1024:
+            raise ValueError(f"max_response_bytes must be at least 1024, got {max_response_bytes!r}")
+        self.env = dict(env or {})
+        self.cwd = os.fspath(cwd) if cwd is not None else None
+        self.start_timeout = float(start_timeout)
+        self.max_response_bytes = int(max_response_bytes)
+        self.encoding = encoding
+        self.stderr_tail_bytes = stderr_tail_bytes
+        self._warmup = list(warmup)
+
+    # -- process ---------------------------------------------------------------
+    def command(self, slot: int) -> List[str]:
+        raise NotImplementedError
+
+    def environment(self, slot: int) -> Dict[str, str]:
+        """The parent's environment with ``env`` merged over it."""
+        merged = dict(os.environ)
+        merged.update(self.env)
+        return merged
+
+    # -- readiness -------------------------------------------------------------
+    def handshake(self) -> Optional[bytes]:
+        return None
+
+    def warmup_prompts(self) -> List[str]:
+        return list(self._warmup)
+
+    # -- requests ----------------------------------------------------------------
+    def encode(self, prompt: str) -> bytes:
+        raise NotImplementedError
+
+    def new_framer(self) -> Framer:
+        raise NotImplementedError
+
+    def interrupt(self, control: Control) -> None:
+        """Cancel the turn in progress.  Default: SIGINT to the tool process.
+
+        Called outside the instance lock, after ``framer.interrupt_sent()``.
+        """
+        control.signal_process(signal.SIGINT)
+
+    def close(self) -> None:
+        """Release what the adapter made (temporary directories...)."""
+
+    # -- status ------------------------------------------------------------------
+    def describe(self) -> Dict[str, Any]:
+        """A JSON-safe description for status dumps: never environment values."""
+        return {
+            "name": self.name,
+            "transport": self.transport,
+            "command": redact_argv(self.command(0)),
+            "cwd": self.cwd,
+            "env_keys": sorted(self.env),
+            "oneshot": self.oneshot,
+        }
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SECRET_FLAG = re.compile(r"(key|token|secret|password|passwd|auth)", re.IGNORECASE)
+
+
+def check_terminal_safe(text: str) -> None:
+    """Raise ValueError if a terminal line discipline would act on ``text``.
+
+    In a pty, Ctrl-C becomes SIGINT, Ctrl-D end-of-file, Ctrl-Z a stop and
+    Ctrl-U/Ctrl-W erase input: sending them would not deliver the prompt.
+    Long lines are cut by the terminal's line limit.
+    """
+    m = _CONTROL_CHARS.search(text)
+    if m:
+        ch = m.group()
+        raise ValueError(
+            f"prompt contains control character {ch!r} at offset {m.start()}, which a terminal "
+            "would act on instead of passing it through; remove it or use transport='pipe'"
+        )
+    for line in text.split("\n"):
+        if len(line.encode("utf-8")) > PTY_MAX_LINE:
+            raise ValueError(
+                f"prompt has a line of more than {PTY_MAX_LINE} bytes, which a terminal truncates; "
+                "split it or use transport='pipe'"
+            )
+
+
+def redact_argv(argv: Sequence[str]) -> List[str]:
+    """``argv`` with the values of secret-looking options replaced by ``***``."""
+    out: List[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        if arg.startswith("-") and _SECRET_FLAG.search(arg):
+            if "=" in arg:
+                out.append(arg.split("=", 1)[0] + "=***")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out

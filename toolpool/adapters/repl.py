@@ -1,0 +1,180 @@
+"""Any REPL-like tool: write a line, read until the prompt shows again."""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import List, Mapping, Optional, Pattern, Sequence, Union
+
+from ..errors import ResponseTooLarge
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer, check_terminal_safe
+
+PromptPattern = Union[str, Pattern[str]]
+
+
+def compile_prompt(prompt: PromptPattern) -> Pattern[str]:
+    """Compile a prompt pattern so that it only matches at the very end of output.
+
+    ``^`` and ``$`` work per line (MULTILINE); ``\\Z`` is appended, so ``tp> $``
+    cannot match a ``tp> `` that text follows.
+    """
+    source = prompt.pattern if isinstance(prompt, re.Pattern) else prompt
+    flags = prompt.flags if isinstance(prompt, re.Pattern) else 0
+    try:
+        return re.compile(f"(?:{source})\\Z", flags | re.MULTILINE)
+    except re.error as exc:
+        raise ValueError(f"prompt is not a valid regular expression: {source!r}: {exc}") from None
+
+
+class PromptFramer(Framer):
+    """A response is everything up to a prompt at the end of the output.
+
+    Only the last ``window`` bytes are searched, so a 5 MB answer costs the
+    same per chunk as a short one.  With ``settle`` > 0, the prompt must also
+    be followed by that much silence (for tools whose answers may contain
+    text that looks like their prompt).
+    """
+
+    def __init__(self, pattern: Pattern[str], *, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 window: int = 4096, settle: float = 0.0, encoding: str = "utf-8",
+                 crlf: bool = False, strip: bool = True) -> None:
+        super().__init__(max_bytes)
+        self.pattern = pattern
+        self.window = window
+        self.settle = settle
+        self.encoding = encoding
+        self.crlf = crlf
+        self.strip = strip
+        self._buf = bytearray()
+        self._overflow = False
+        self._cut_at: Optional[int] = None  # candidate end of the response body
+        self._echo: Optional[bytes] = None
+
+    def start_turn(self, prompt: Optional[str]) -> None:
+        # With echo off nothing is echoed, but a tool that turns echo back on
+        # (readline does) repeats the line: remember it to strip it.
+        self._echo = prompt.encode(self.encoding, "replace") if (self.crlf and prompt) else None
+
+    def _find_prompt(self) -> Optional[int]:
+        start = max(0, len(self._buf) - self.window)
+        tail = self._buf[start:].decode(self.encoding, "surrogateescape")
+        m = self.pattern.search(tail)
+        if m is None:
+            return None
+        return start + len(tail[: m.start()].encode(self.encoding, "surrogateescape"))
+
+    def feed(self, data: bytes) -> List[Frame]:
+        frames: List[Frame] = []
+        self._buf += data
+        if self._overflow:
+            del self._buf[: max(0, len(self._buf) - self.window)]
+        elif len(self._buf) > self.max_bytes:
+            self._overflow = True
+            frames.append(Frame(error=ResponseTooLarge(self.max_bytes, bytes(self._buf[:65536])), final=False))
+            del self._buf[: max(0, len(self._buf) - self.window)]
+        self._cut_at = self._find_prompt()
+        if self._cut_at is not None and not self.settle:
+            frames.append(self._cut())
+        return frames
+
+    def has_candidate(self) -> bool:
+        return self._cut_at is not None
+
+    def on_quiet(self) -> List[Frame]:
+        return [self._cut()] if self._cut_at is not None else []
+
+    def _cut(self) -> Frame:
+        assert self._cut_at is not None
+        raw = bytes(self._buf[: self._cut_at])
+        del self._buf[:]
+        self._cut_at = None
+        if self._overflow:
+            self._overflow = False
+            return Frame(raw=b"", text="")  # the rest of a response already failed
+        return Frame(raw=raw, text=self.clean(raw))
+
+    def clean(self, raw: bytes) -> str:
+        if self._echo and raw.startswith(self._echo):
+            raw = raw[len(self._echo):]
+        text = raw.decode(self.encoding, "replace")
+        if self.crlf:
+            text = text.replace("\r\n", "\n")
+        return text.strip("\r\n") if self.strip else text
+
+    def partial(self) -> bytes:
+        return bytes(self._buf)
+
+
+class ReplAdapter(Adapter):
+    """A line-oriented interactive tool that prints ``prompt`` when it waits for input.
+
+    ``command``: argv list, never run through a shell.  ``prompt``: a regular
+    expression matching the END of the tool's output when it waits for input
+    (``^``/``$`` match per line).  ``env``: extra variables merged over the
+    parent's environment.  ``multiline``: allow newlines inside a prompt (off by
+    default, since a REPL answers each line separately, which would split the
+    response).  ``settle``: seconds of silence required after the prompt.
+    ``strip``: remove leading and trailing newlines from ``Response.text``
+    (``raw`` is always exact).
+    """
+
+    name = "repl"
+
+    def __init__(self, command: Sequence[str], prompt: PromptPattern, transport: str = "pipe", *,
+                 env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+                 start_timeout: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 encoding: str = "utf-8", line_ending: str = "\n", multiline: bool = False,
+                 settle: float = 0.0, prompt_window: int = 4096, strip: bool = True,
+                 warmup: Sequence[str] = (), interrupt_signal: int = signal.SIGINT,
+                 stderr_tail_bytes: int = 8192, name: Optional[str] = None) -> None:
+        super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
+                         encoding=encoding, stderr_tail_bytes=stderr_tail_bytes, warmup=warmup)
+        if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
+            raise ValueError("command must be a non-empty list of strings (argv), e.g. ['python3', '-u', 'tool.py']")
+        if transport not in ("pipe", "pty"):
+            raise ValueError(f"transport must be 'pipe' or 'pty', got {transport!r}")
+        if settle < 0:
+            raise ValueError(f"settle must be >= 0 seconds, got {settle!r}")
+        self._command = list(command)
+        self.prompt = compile_prompt(prompt)
+        self.transport = transport
+        self.line_ending = line_ending
+        self.multiline = multiline
+        self.settle = settle
+        self.prompt_window = prompt_window
+        self.strip = strip
+        self.interrupt_signal = interrupt_signal
+        if name:
+            self.name = name
+
+    def command(self, slot: int) -> List[str]:
+        return list(self._command)
+
+    def encode(self, prompt: str) -> bytes:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+        prompt = prompt.replace("\r\n", "\n")
+        if not self.multiline and "\n" in prompt:
+            raise ValueError(
+                "prompt contains a newline, and this REPL answers each line separately; "
+                "send one line per prompt, or create the adapter with multiline=True"
+            )
+        if self.transport == "pty":
+            check_terminal_safe(prompt)
+        try:
+            return (prompt + self.line_ending).encode(self.encoding)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
+
+    def new_framer(self) -> Framer:
+        return PromptFramer(self.prompt, max_bytes=self.max_response_bytes, window=self.prompt_window,
+                            settle=self.settle, encoding=self.encoding, crlf=self.transport == "pty",
+                            strip=self.strip)
+
+    def interrupt(self, control: Control) -> None:
+        control.signal_process(self.interrupt_signal)
+
+    def describe(self):
+        d = super().describe()
+        d["prompt"] = self.prompt.pattern
+        return d

@@ -1,0 +1,598 @@
+"""One slot of a pool: a tool process, its state, and its requests.
+
+Data flows one way.  ``send`` encodes the prompt with the adapter and writes
+it; the stdout reader thread feeds every chunk to the process's framer, which
+cuts frames; each frame completes the oldest outstanding turn, whose Future
+the caller is waiting on.  Decisions are made under ``self._lock``; futures
+are resolved, callbacks run and processes signalled outside it.
+
+Each started process is a *generation* (:class:`_Process`).  Callbacks from a
+generation that is no longer current are ignored, so a late chunk from a
+killed process can never reach a new request.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .adapters.base import Adapter, Control, EventCallback, Frame, Framer
+from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, ResponseTimeout, SpawnError,
+                     ToolNotFoundError, ToolPoolError)
+from .response import Response, Timings
+from .states import LIVE_STATES, State, check_transition
+from .streams import StopSignal, StreamReader, Tail, Writer
+from .transport import Transport, make_transport
+
+log = logging.getLogger("toolpool.instance")
+
+_RESPONSE_FIELDS = {f.name for f in dataclasses.fields(Response)}
+#: How long to wait for stderr's last bytes once the process has exited, so a
+#: crash report carries them.  Bounded: a grandchild may hold stderr open.
+STDERR_SETTLE = 0.1
+
+Listener = Callable[["Instance", str, Dict[str, Any]], None]
+Completion = Tuple[cf.Future, Any, bool]  # (future, value, is_exception)
+
+
+class _Turn:
+    """One exchange with the tool: readiness, a warm-up prompt, or a request."""
+
+    __slots__ = ("kind", "prompt", "future", "on_event", "created", "sent_at", "first_byte_at", "failed",
+                 "timings")
+
+    def __init__(self, kind: str, prompt: Optional[str], on_event: Optional[EventCallback] = None,
+                 timings: Optional[Timings] = None) -> None:
+        self.kind = kind
+        self.prompt = prompt
+        self.future: cf.Future = cf.Future()
+        self.future.set_running_or_notify_cancel()  # sent turns cannot be cancelled, only interrupted
+        self.on_event = on_event
+        self.created = time.perf_counter()
+        self.sent_at = self.created
+        self.first_byte_at: Optional[float] = None
+        self.failed = False
+        self.timings = timings
+
+
+class _Process:
+    """One generation of an instance: a running process and its threads."""
+
+    def __init__(self, transport: Transport, framer: Framer, generation: int) -> None:
+        self.transport = transport
+        self.framer = framer
+        self.generation = generation
+        self.stop = StopSignal()
+        self.exited = threading.Event()
+        self.readers: List[StreamReader] = []
+        self.writer: Optional[Writer] = None
+        self.started_at = time.time()
+        self.disposed = False
+
+
+class Instance:
+    """A supervised tool process in slot ``index``.  Thread-safe.
+
+    Normally used through :class:`toolpool.ToolProcessPool`; usable alone.
+    """
+
+    def __init__(self, adapter: Adapter, index: int, listener: Optional[Listener] = None) -> None:
+        self.adapter = adapter
+        self.index = index
+        self._listener = listener
+        self._lock = threading.Lock()
+        self._state = State.STOPPED
+        self._proc: Optional[_Process] = None
+        self._generation = 0
+        self._turns: Deque[_Turn] = collections.deque()  # sent, not yet answered
+        self._unread: Deque[_Turn] = collections.deque()  # requests not yet returned by read()
+        self.stderr = Tail(adapter.stderr_tail_bytes)
+        # Figures for status and stats.
+        self.started_at: Optional[float] = None
+        self.restarts = 0
+        self.requests = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.last_error: Optional[str] = None
+        self.last_exit_code: Optional[int] = None
+        self.busy_since: Optional[float] = None
+        self.state_since = time.time()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def pid(self) -> Optional[int]:
+        proc = self._proc
+        return proc.transport.pid if proc is not None and self._state in LIVE_STATES else None
+
+    @property
+    def alive(self) -> bool:
+        return self._state in LIVE_STATES
+
+    def _set_state(self, new: State) -> None:
+        """Move to ``new``; call with the lock held.  The one place states change."""
+        if new is self._state:
+            return
+        check_transition(self._state, new)
+        self._state = new
+        self.state_since = time.time()
+        self.busy_since = time.time() if new is State.BUSY else None
+
+    def _emit(self, event: str, **info: Any) -> None:
+        if self._listener is not None:
+            try:
+                self._listener(self, event, info)
+            except Exception:  # a listener bug must not kill a reader thread
+                log.exception("toolpool listener failed on %s for instance %d", event, self.index)
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self, timeout: Optional[float] = None) -> None:
+        """Spawn the tool and wait until it is ready (and warmed up).
+
+        Raises :class:`ToolNotFoundError` if the executable is missing, and
+        :class:`SpawnError` if the tool exits during start-up or is not ready
+        within ``timeout`` (default: the adapter's ``start_timeout``).  On
+        failure nothing is left running and the instance is EXITED.
+        """
+        limit = self.adapter.start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._lock:
+            self._set_state(State.STARTING)
+            old, self._proc = self._proc, None
+        if old is not None:
+            self._dispose(old, grace=0.0)
+        t0 = time.perf_counter()
+        try:
+            ready = self._spawn()
+            if ready is not None:
+                self._await_start(ready, deadline, limit, "become ready")
+            for prompt in self.adapter.warmup_prompts():
+                self._await_start(self._send(prompt, kind="warmup", state_ok=(State.STARTING,)), deadline, limit,
+                                  f"answer warm-up prompt {prompt!r}")
+        except BaseException as exc:
+            self._abort_start(exc)
+            raise
+        with self._lock:
+            if self._state is not State.STARTING:  # stopped meanwhile
+                raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
+            self._set_state(State.IDLE)
+            self.started_at = time.time()
+            proc = self._proc
+        spawn_s = time.perf_counter() - t0
+        log.info("instance %d ready: pid %d in %.3fs", self.index, proc.transport.pid, spawn_s,
+                 extra={"instance": self.index, "pid": proc.transport.pid, "spawn_seconds": spawn_s})
+        self._emit("ready", pid=proc.transport.pid, seconds=spawn_s)
+
+    def _spawn(self) -> Optional[_Turn]:
+        """Start a process; return the turn that completes when it is ready."""
+        adapter = self.adapter
+        transport = make_transport(adapter.transport, adapter.command(self.index),
+                                   adapter.environment(self.index), adapter.cwd)
+        with self._lock:
+            self._generation += 1
+            proc = _Process(transport, adapter.new_framer(), self._generation)
+            self._proc = proc
+            self.stderr.clear()
+            ready: Optional[_Turn] = None
+            if not adapter.ready_on_spawn:
+                # Registered before the readers start: a prompt printed at once
+                # must find its turn waiting.
+                ready = _Turn("ready", None)
+                self._turns.append(ready)
+                proc.framer.start_turn(None)
+        name = f"toolpool-{self.index}.{proc.generation}"
+        proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
+                             lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
+        out = StreamReader(transport.stdout_fd, _StdoutSink(self, proc), proc.stop, f"{name}-stdout",
+                           exit_fd=transport.exit_fd)
+        proc.readers.append(out)
+        if transport.stderr_fd is not None:
+            proc.readers.append(StreamReader(transport.stderr_fd, _StderrSink(self, proc), proc.stop,
+                                             f"{name}-stderr"))
+        for reader in proc.readers:
+            reader.start()
+        log.info("instance %d spawned pid %d: %s", self.index, transport.pid, adapter.name,
+                 extra={"instance": self.index, "pid": transport.pid, "generation": proc.generation})
+        self._emit("spawned", pid=transport.pid, generation=proc.generation)
+        if ready is not None:
+            hello = adapter.handshake()
+            if hello:
+                proc.writer.write(hello)
+        return ready
+
+    def _await_start(self, turn: _Turn, deadline: float, limit: float, what: str) -> None:
+        try:
+            turn.future.result(max(0.0, deadline - time.monotonic()))
+        except cf.TimeoutError:
+            with self._lock:
+                partial = self._proc.framer.partial() if self._proc else b""
+            shown = partial[-500:].decode(self.adapter.encoding, "replace")
+            raise SpawnError(f"{self.adapter.name} (instance {self.index}) did not {what} within {limit:g}s"
+                             f"; last output: {shown!r}", None, self.stderr.text()) from None
+        except InstanceCrashed as exc:
+            raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up "
+                             f"(while waiting to {what})", exc.exit_code, exc.stderr_tail) from None
+
+    def _abort_start(self, exc: BaseException) -> None:
+        with self._lock:
+            proc = self._proc
+            if self._state is State.STARTING:
+                self._set_state(State.EXITED)
+            self.last_error = str(exc)
+            if isinstance(exc, SpawnError):
+                self.last_exit_code = exc.exit_code
+            turns = list(self._turns)
+            self._turns.clear()
+        for t in turns:
+            if not t.future.done():
+                t.future.set_exception(exc if isinstance(exc, Exception) else ToolPoolError(str(exc)))
+        if proc is not None:
+            self._dispose(proc, grace=0.0)
+        if not isinstance(exc, ToolNotFoundError):
+            log.warning("instance %d failed to start: %s", self.index, exc, extra={"instance": self.index})
+        self._emit("start_failed", error=str(exc))
+
+    def restart(self, timeout: Optional[float] = None, stop_timeout: float = 5.0) -> None:
+        """Stop the current process (if any) and start a new one; see :meth:`start`."""
+        self.stop(stop_timeout, reason="restarted")
+        with self._lock:
+            self.restarts += 1
+        log.info("instance %d restarting", self.index, extra={"instance": self.index, "restarts": self.restarts})
+        self._emit("restarting")
+        self.start(timeout)
+
+    def stop(self, timeout: float = 5.0, reason: str = "stopped") -> None:
+        """Stop the process: close stdin, grace, SIGTERM the group, grace, SIGKILL, reap.
+
+        Requests still pending fail with :class:`InstanceUnavailable`.
+        Returns when the process, its process group and the reader threads are
+        gone (or ``timeout`` passed, after SIGKILL).
+        """
+        with self._lock:
+            if self._state is State.STOPPED:
+                return
+            if self._state is not State.STOPPING:
+                self._set_state(State.STOPPING)
+            proc, self._proc = self._proc, None
+            failed = self._take_turns(InstanceUnavailable(f"instance {self.index} was {reason}"))
+        self._resolve(failed)
+        if proc is not None:
+            self._dispose(proc, grace=timeout)
+        with self._lock:
+            self._set_state(State.STOPPED)
+        self._emit("stopped")
+
+    def _dispose(self, proc: _Process, grace: float) -> None:
+        """End a generation: shutdown order, then threads joined and fds closed."""
+        if proc.disposed:
+            return
+        proc.disposed = True
+        t = proc.transport
+        deadline = time.monotonic() + max(grace, 0.0)
+        if not proc.exited.is_set() and grace > 0:
+            t.close_stdin()
+            proc.exited.wait(min(0.5, grace * 0.2))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if proc.exited.is_set():
+                break
+            t.signal_group(sig)
+            if sig == signal.SIGKILL:
+                proc.exited.wait(5.0)
+            else:
+                proc.exited.wait(max(0.0, deadline - time.monotonic()))
+        # The tool is gone; anything left in its group is an orphaned grandchild.
+        t.signal_group(signal.SIGKILL)
+        proc.stop.set()
+        for reader in proc.readers:
+            if reader is not threading.current_thread():
+                reader.join(5.0)
+        if proc.writer is not None:
+            proc.writer.close()
+        t.reap()
+        if t.returncode is None:  # the reader never saw the exit (should not happen)
+            try:
+                os.waitpid(t.pid, 0)
+            except ChildProcessError:
+                pass
+        t.close()
+        proc.stop.close()
+
+    # --------------------------------------------------------------- requests
+    def send(self, prompt: str, *, on_event: Optional[EventCallback] = None,
+             timings: Optional[Timings] = None) -> cf.Future:
+        """Write ``prompt``; return a Future for its :class:`Response`.  Never blocks.
+
+        Raises ValueError for a prompt the adapter cannot send safely,
+        :class:`InstanceBusy` while the previous prompt is unanswered, and
+        :class:`InstanceUnavailable` when no process is ready.
+        """
+        turn = self._send(prompt, kind="prompt", on_event=on_event, timings=timings)
+        return turn.future
+
+    def _send(self, prompt: str, *, kind: str, on_event: Optional[EventCallback] = None,
+              timings: Optional[Timings] = None, state_ok: Tuple[State, ...] = (State.IDLE,)) -> _Turn:
+        data = self.adapter.encode(prompt)
+        with self._lock:
+            if self._state not in state_ok:
+                raise self._not_ready_error()
+            proc = self._proc
+            assert proc is not None and proc.writer is not None
+            turn = _Turn(kind, prompt, on_event, timings)
+            self._turns.append(turn)
+            if kind == "prompt":
+                self._unread.append(turn)
+                self.requests += 1
+                self._set_state(State.BUSY)
+            proc.framer.start_turn(prompt)
+            self.bytes_in += len(data)
+            turn.sent_at = time.perf_counter()
+        try:
+            proc.writer.write(data)
+            if self.adapter.oneshot:
+                proc.writer.close_input_when_drained(proc.transport.close_stdin)
+        except BrokenPipeError as exc:
+            self._on_write_error(proc, exc)
+        return turn
+
+    def _not_ready_error(self) -> ToolPoolError:
+        state = self._state
+        if state is State.BUSY and self._turns and self._turns[0].failed:
+            return InstanceBusy(f"instance {self.index} is still discarding the rest of a failed response "
+                                "(it has not shown its prompt yet); wait, or interrupt/restart it")
+        if state is State.BUSY:
+            return InstanceBusy(f"instance {self.index} has not answered its previous prompt yet; "
+                                "read its response first, or use submit() to queue prompts")
+        detail = f" (last exit code {self.last_exit_code})" if self.last_exit_code is not None else ""
+        return InstanceUnavailable(f"instance {self.index} is {state.value}{detail}, not ready for a prompt; "
+                                   f"restart_instance({self.index}) starts it again")
+
+    def read(self, timeout: Optional[float] = None) -> Response:
+        """Wait for the oldest unread response of this instance.
+
+        Blocks at most ``timeout`` seconds (None: until it arrives).  On timeout
+        raises :class:`ResponseTimeout` and the response stays pending: a later
+        ``read`` waits for the same one.  Raises :class:`InstanceCrashed` at
+        once if the process dies first.
+        """
+        with self._lock:
+            if not self._unread:
+                raise ToolPoolError(f"instance {self.index} has no response pending: call send_prompt first")
+            turn = self._unread[0]
+        try:
+            return turn.future.result(timeout)
+        except cf.TimeoutError:
+            with self._lock:
+                partial = self._proc.framer.partial() if (self._proc and turn in self._turns) else b""
+            log.info("instance %d: no response within %ss", self.index, timeout,
+                     extra={"instance": self.index, "timeout": timeout, "partial_bytes": len(partial)})
+            raise ResponseTimeout(
+                f"instance {self.index} gave no complete response within {timeout}s; it is still pending "
+                "(read again to keep waiting, or interrupt/restart the instance)", partial) from None
+        finally:
+            if turn.future.done():
+                with self._lock:
+                    if self._unread and self._unread[0] is turn:
+                        self._unread.popleft()
+
+    def ask(self, prompt: str, timeout: Optional[float] = None, **kwargs: Any) -> Response:
+        """``send`` then ``read`` with one deadline."""
+        self.send(prompt, **kwargs)
+        return self.read(timeout)
+
+    def interrupt(self) -> bool:
+        """Ask the tool to cancel the turn in progress.  False if nothing to cancel."""
+        with self._lock:
+            if self._state is not State.BUSY or self._proc is None:
+                return False
+            proc = self._proc
+            proc.framer.interrupt_sent()
+        assert proc.writer is not None
+        control = Control(proc.writer.write, proc.transport.signal_process, proc.transport.signal_group,
+                          proc.framer)
+        self.adapter.interrupt(control)
+        return True
+
+    # ------------------------------------------------- reader-thread callbacks
+    def _on_data(self, proc: _Process, chunk: bytes) -> Optional[float]:
+        with self._lock:
+            if proc is not self._proc:
+                return None
+            self.bytes_out += len(chunk)
+            head = self._turns[0] if self._turns else None
+            if head is not None and head.first_byte_at is None:
+                head.first_byte_at = time.perf_counter()
+            done = self._apply(proc.framer.feed(chunk))
+            events, proc.framer.events = proc.framer.events, []
+            quiet = proc.framer.settle if proc.framer.has_candidate() else None
+        self._deliver(events, head, done)
+        return quiet
+
+    def _on_quiet(self, proc: _Process) -> None:
+        with self._lock:
+            if proc is not self._proc:
+                return
+            done = self._apply(proc.framer.on_quiet())
+        self._resolve(done)
+
+    def _on_stderr(self, proc: _Process, chunk: bytes) -> None:
+        with self._lock:
+            if proc is self._proc:
+                self.stderr.append(chunk)
+
+    def _on_exit(self, proc: _Process) -> None:
+        for reader in proc.readers[1:]:  # let stderr's last words arrive first
+            reader.eof.wait(STDERR_SETTLE)
+        with self._lock:
+            code = proc.transport.reap()
+            proc.exited.set()
+            if proc is not self._proc:
+                return
+            self.last_exit_code = code
+            done = self._apply(proc.framer.on_exit())
+            expected = self._state in (State.STOPPING, State.STOPPED)
+            error = InstanceCrashed(self.index, code, self.stderr.text(), proc.framer.partial())
+            failed = self._take_turns(error)
+            done += failed
+            # A one-shot tool exits after every answer; only a lost request makes it a crash.
+            crashed = bool(failed) or not self.adapter.oneshot
+            if not expected:
+                if crashed:
+                    self.last_error = str(error)
+                self._set_state(State.EXITED)
+        # Orphaned grandchildren go now, not at the next restart.
+        proc.transport.signal_group(signal.SIGKILL)
+        self._resolve(done)
+        if not expected:
+            log.log(logging.WARNING if crashed else logging.DEBUG, "instance %d: pid %d exited with code %s",
+                    self.index, proc.transport.pid, code,
+                    extra={"instance": self.index, "pid": proc.transport.pid, "exit_code": code})
+            self._emit("exited", exit_code=code, crashed=crashed, stderr_tail=self.stderr.text())
+
+    def _on_write_error(self, proc: _Process, exc: BaseException) -> None:
+        """The tool closed its input.  If it is exiting, the exit reports it."""
+        if proc.exited.wait(STDERR_SETTLE * 2):
+            return
+        with self._lock:
+            if proc is not self._proc:
+                return
+            failed = self._take_turns(ToolPoolError(
+                f"instance {self.index} closed its input while a prompt was being sent ({exc}); "
+                f"restart_instance({self.index}) starts a fresh process"))
+        self._resolve(failed)
+
+    # ------------------------------------------------------------- plumbing
+    def _apply(self, frames: List[Frame]) -> List[Completion]:
+        """Match frames to the oldest turns; lock held.  Returns what to resolve."""
+        done: List[Completion] = []
+        for frame in frames:
+            if not self._turns:
+                log.debug("instance %d: output with no request pending: %r", self.index, frame.raw[:200])
+                continue
+            turn = self._turns[0]
+            if frame.error is not None and not turn.failed:
+                turn.failed = True
+                self.errors += 1
+                self.last_error = str(frame.error)
+                done.append((turn.future, frame.error, True))
+            if frame.final:
+                self._turns.popleft()
+                if not turn.failed:
+                    done.append((turn.future, self._result(turn, frame), False))
+        if not self._turns and self._state is State.BUSY:
+            self._set_state(State.IDLE)
+        return done
+
+    def _result(self, turn: _Turn, frame: Frame) -> Any:
+        if turn.kind != "prompt":
+            return frame
+        now = time.perf_counter()
+        timings = turn.timings or Timings()
+        timings.first_byte = None if turn.first_byte_at is None else turn.first_byte_at - turn.sent_at
+        timings.total = timings.queued + timings.acquire + (now - turn.sent_at)
+        extra = {k: v for k, v in frame.fields.items() if k in _RESPONSE_FIELDS}
+        meta = {k: v for k, v in frame.fields.items() if k not in _RESPONSE_FIELDS}
+        response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=now - turn.sent_at,
+                            prompt=turn.prompt, timings=timings, **extra)
+        response.meta.update(meta)
+        return response
+
+    def _take_turns(self, error: BaseException) -> List[Completion]:
+        """Fail every outstanding turn with ``error``; lock held."""
+        done = [(t.future, error, True) for t in self._turns if not t.failed]
+        if done and any(t.kind == "prompt" for t in self._turns):
+            self.errors += 1
+            self.last_error = str(error)
+        self._turns.clear()
+        if self._state is State.BUSY:
+            self._set_state(State.IDLE)
+        return done
+
+    def _deliver(self, events: List[Dict[str, Any]], turn: Optional[_Turn], done: List[Completion]) -> None:
+        if events and turn is not None and turn.on_event is not None:
+            for event in events:
+                try:
+                    turn.on_event(event)
+                except Exception:
+                    log.exception("on_event callback failed (instance %d)", self.index)
+        self._resolve(done)
+
+    @staticmethod
+    def _resolve(done: List[Completion]) -> None:
+        for future, value, is_exc in done:
+            if future.done():
+                continue
+            if is_exc:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+    # ---------------------------------------------------------------- status
+    def status(self) -> Dict[str, Any]:
+        with self._lock:
+            proc = self._proc
+            alive = self._state in LIVE_STATES
+            return {
+                "index": self.index,
+                "pid": proc.transport.pid if (proc and alive) else None,
+                "state": self._state.value,
+                "alive": alive,
+                "started_at": self.started_at,
+                "state_since": self.state_since,
+                "busy_since": self.busy_since,
+                "generation": self._generation,
+                "restarts": self.restarts,
+                "requests": self.requests,
+                "errors": self.errors,
+                "pending": len(self._turns),
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "last_error": self.last_error,
+                "last_exit_code": self.last_exit_code,
+                "stderr_tail": self.stderr.text(),
+            }
+
+
+class _StdoutSink:
+    def __init__(self, instance: Instance, proc: _Process) -> None:
+        self._i, self._p = instance, proc
+
+    def on_data(self, chunk: bytes) -> Optional[float]:
+        return self._i._on_data(self._p, chunk)
+
+    def on_quiet(self) -> None:
+        self._i._on_quiet(self._p)
+
+    def on_eof(self) -> None:
+        pass  # the exit descriptor, not EOF, says the process is gone
+
+    def on_exit(self) -> None:
+        self._i._on_exit(self._p)
+
+
+class _StderrSink:
+    def __init__(self, instance: Instance, proc: _Process) -> None:
+        self._i, self._p = instance, proc
+
+    def on_data(self, chunk: bytes) -> Optional[float]:
+        self._i._on_stderr(self._p, chunk)
+        return None
+
+    def on_quiet(self) -> None:
+        pass
+
+    def on_eof(self) -> None:
+        pass
+
+    def on_exit(self) -> None:
+        pass
