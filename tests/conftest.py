@@ -96,7 +96,7 @@ def no_leftover_processes(request):
 def make_pool():
     pools: List[ToolProcessPool] = []
 
-    def factory(adapter, count: int = 1, **kwargs) -> ToolProcessPool:
+    def factory(adapter, count=None, **kwargs) -> ToolProcessPool:
         pool = ToolProcessPool(adapter, count, **kwargs)
         pools.append(pool)
         return pool

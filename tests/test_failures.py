@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def test_crash_mid_response_is_reported_at_once(make_pool):
-    pool = make_pool(fake_adapter(), 1)
+    pool = make_pool(fake_adapter(), 1, restart=False)
     pool.send_prompt(0, "crash 7")
     t0 = time.monotonic()
     with pytest.raises(InstanceCrashed) as info:
@@ -134,7 +134,7 @@ def test_endless_flood_is_bounded(make_pool):
 
 
 def test_tool_exit_between_prompts(make_pool):
-    pool = make_pool(fake_adapter(), 1)
+    pool = make_pool(fake_adapter(), 1, restart=False)
     pool.send_prompt(0, "exit 0")
     with pytest.raises(InstanceCrashed) as info:
         pool.read_response(0, timeout=30)

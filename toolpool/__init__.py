@@ -1,6 +1,10 @@
 """toolpool: run a pool of long-lived interactive CLI tools from synchronous Python."""
 
-from .adapters import Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter
+from .adapters import (Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter)
+from .adapters.command import CommandAdapter
+from .dispatch import Lease
+from .pool import AcquireTimeout
+from .supervision import RestartPolicy
 from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ProtocolError,
                      ResponseTimeout, ResponseTooLarge, SpawnError, ToolNotFoundError, ToolPoolError)
 from .instance import Instance
@@ -11,6 +15,7 @@ from .states import State
 __version__ = "0.1.0"
 
 __all__ = [
+    "AcquireTimeout", "CommandAdapter", "Lease", "RestartPolicy",
     "Adapter", "DemoAdapter", "Instance", "InstanceBusy", "InstanceCrashed", "InstanceUnavailable", "PoolClosed",
     "PoolFull", "ProtocolError", "ReplAdapter", "Response", "ResponseTimeout", "ResponseTooLarge", "SpawnError",
     "State", "Timings", "ToolNotFoundError", "ToolPoolError", "ToolProcessPool", "adapter_names", "create_adapter",

@@ -75,6 +75,7 @@ class _Process:
         self.writer: Optional[Writer] = None
         self.started_at = time.time()
         self.disposed = False
+        self.dispose_lock = threading.Lock()
 
 
 class Instance:
@@ -105,6 +106,12 @@ class Instance:
         self.last_exit_code: Optional[int] = None
         self.busy_since: Optional[float] = None
         self.state_since = time.time()
+        self.served = 0  # requests answered by the current process (for max_requests)
+        self.ready_at: Optional[float] = None  # perf_counter when the current process became ready
+        self.spawn_started_at: Optional[float] = None
+        self.last_output_at = time.monotonic()
+        self._idle_waiters: List[Callable[[], None]] = []
+        self._retired = False  # stopped for good (pool shut down): never start again
 
     # ------------------------------------------------------------------ state
     @property
@@ -129,6 +136,30 @@ class Instance:
         self.state_since = time.time()
         self.busy_since = time.time() if new is State.BUSY else None
 
+    def set_supervised_state(self, new: State) -> None:
+        """Move an EXITED instance to BACKOFF or FATAL (the pool's supervisor decides)."""
+        with self._lock:
+            self._set_state(new)
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the instance is IDLE (now, if it is).  Called outside locks."""
+        with self._lock:
+            if self._state is not State.IDLE:
+                self._idle_waiters.append(callback)
+                return
+        callback()
+
+    def _take_idle_waiters(self) -> List[Callable[[], None]]:
+        """Lock held.  The waiters to run now that the instance is IDLE."""
+        if self._state is not State.IDLE or not self._idle_waiters:
+            return []
+        waiters, self._idle_waiters = self._idle_waiters, []
+        return waiters
+
+    def has_unread(self) -> bool:
+        with self._lock:
+            return bool(self._unread)
+
     def _emit(self, event: str, **info: Any) -> None:
         if self._listener is not None:
             try:
@@ -148,11 +179,14 @@ class Instance:
         limit = self.adapter.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._lock:
+            if self._retired:
+                raise InstanceUnavailable(f"instance {self.index} belongs to a pool that was shut down")
             self._set_state(State.STARTING)
             old, self._proc = self._proc, None
         if old is not None:
             self._dispose(old, grace=0.0)
         t0 = time.perf_counter()
+        self.spawn_started_at = t0
         try:
             ready = self._spawn()
             if ready is not None:
@@ -160,15 +194,20 @@ class Instance:
             for prompt in self.adapter.warmup_prompts():
                 self._await_start(self._send(prompt, kind="warmup", state_ok=(State.STARTING,)), deadline, limit,
                                   f"answer warm-up prompt {prompt!r}")
+            with self._lock:
+                if self._state is not State.STARTING:  # stopped meanwhile
+                    raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
+                self._set_state(State.IDLE)
+                self.started_at = time.time()
+                self.ready_at = time.perf_counter()
+                self.served = 0
+                proc = self._proc
+                waiters = self._take_idle_waiters()
         except BaseException as exc:
             self._abort_start(exc)
             raise
-        with self._lock:
-            if self._state is not State.STARTING:  # stopped meanwhile
-                raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
-            self._set_state(State.IDLE)
-            self.started_at = time.time()
-            proc = self._proc
+        for waiter in waiters:
+            waiter()
         spawn_s = time.perf_counter() - t0
         log.info("instance %d ready: pid %d in %.3fs", self.index, proc.transport.pid, spawn_s,
                  extra={"instance": self.index, "pid": proc.transport.pid, "spawn_seconds": spawn_s})
@@ -182,7 +221,11 @@ class Instance:
         with self._lock:
             self._generation += 1
             proc = _Process(transport, adapter.new_framer(), self._generation)
-            self._proc = proc
+            if self._state is not State.STARTING:  # stopped while we spawned: undo
+                stopped = True
+            else:
+                stopped = False
+                self._proc = proc
             self.stderr.clear()
             ready: Optional[_Turn] = None
             if not adapter.ready_on_spawn:
@@ -191,6 +234,9 @@ class Instance:
                 ready = _Turn("ready", None)
                 self._turns.append(ready)
                 proc.framer.start_turn(None)
+        if stopped:
+            self._dispose(proc, grace=0.0)
+            raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
         name = f"toolpool-{self.index}.{proc.generation}"
         proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
                              lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
@@ -228,6 +274,7 @@ class Instance:
         with self._lock:
             proc = self._proc
             if self._state is State.STARTING:
+                self._proc = None
                 self._set_state(State.EXITED)
             self.last_error = str(exc)
             if isinstance(exc, SpawnError):
@@ -239,7 +286,7 @@ class Instance:
                 t.future.set_exception(exc if isinstance(exc, Exception) else ToolPoolError(str(exc)))
         if proc is not None:
             self._dispose(proc, grace=0.0)
-        if not isinstance(exc, ToolNotFoundError):
+        if not isinstance(exc, (ToolNotFoundError, InstanceUnavailable)):  # not: stopped on purpose
             log.warning("instance %d failed to start: %s", self.index, exc, extra={"instance": self.index})
         self._emit("start_failed", error=str(exc))
 
@@ -252,7 +299,7 @@ class Instance:
         self._emit("restarting")
         self.start(timeout)
 
-    def stop(self, timeout: float = 5.0, reason: str = "stopped") -> None:
+    def stop(self, timeout: float = 5.0, reason: str = "stopped", final: bool = False) -> None:
         """Stop the process: close stdin, grace, SIGTERM the group, grace, SIGKILL, reap.
 
         Requests still pending fail with :class:`InstanceUnavailable`.
@@ -260,6 +307,7 @@ class Instance:
         gone (or ``timeout`` passed, after SIGKILL).
         """
         with self._lock:
+            self._retired = self._retired or final
             if self._state is State.STOPPED:
                 return
             if self._state is not State.STOPPING:
@@ -275,9 +323,10 @@ class Instance:
 
     def _dispose(self, proc: _Process, grace: float) -> None:
         """End a generation: shutdown order, then threads joined and fds closed."""
-        if proc.disposed:
-            return
-        proc.disposed = True
+        with proc.dispose_lock:
+            if proc.disposed:
+                return
+            proc.disposed = True
         t = proc.transport
         deadline = time.monotonic() + max(grace, 0.0)
         if not proc.exited.is_set() and grace > 0:
@@ -310,19 +359,24 @@ class Instance:
 
     # --------------------------------------------------------------- requests
     def send(self, prompt: str, *, on_event: Optional[EventCallback] = None,
-             timings: Optional[Timings] = None) -> cf.Future:
+             timings: Optional[Timings] = None, data: Optional[bytes] = None, unread: bool = True) -> cf.Future:
         """Write ``prompt``; return a Future for its :class:`Response`.  Never blocks.
+
+        With ``unread=True`` the response is also kept for :meth:`read`;
+        callers that only use the Future pass False.
 
         Raises ValueError for a prompt the adapter cannot send safely,
         :class:`InstanceBusy` while the previous prompt is unanswered, and
         :class:`InstanceUnavailable` when no process is ready.
         """
-        turn = self._send(prompt, kind="prompt", on_event=on_event, timings=timings)
+        turn = self._send(prompt, kind="prompt", on_event=on_event, timings=timings, data=data, unread=unread)
         return turn.future
 
     def _send(self, prompt: str, *, kind: str, on_event: Optional[EventCallback] = None,
-              timings: Optional[Timings] = None, state_ok: Tuple[State, ...] = (State.IDLE,)) -> _Turn:
-        data = self.adapter.encode(prompt)
+              timings: Optional[Timings] = None, state_ok: Tuple[State, ...] = (State.IDLE,),
+              data: Optional[bytes] = None, unread: bool = False) -> _Turn:
+        if data is None:
+            data = self.adapter.encode(prompt)
         with self._lock:
             if self._state not in state_ok:
                 raise self._not_ready_error()
@@ -331,12 +385,15 @@ class Instance:
             turn = _Turn(kind, prompt, on_event, timings)
             self._turns.append(turn)
             if kind == "prompt":
-                self._unread.append(turn)
+                if unread:  # only callers that will read() it back; dispatch holds the Future
+                    self._unread.append(turn)
                 self.requests += 1
                 self._set_state(State.BUSY)
             proc.framer.start_turn(prompt)
             self.bytes_in += len(data)
             turn.sent_at = time.perf_counter()
+            if timings is not None and self.spawn_started_at is not None:
+                timings.process_age = turn.sent_at - self.spawn_started_at
         try:
             proc.writer.write(data)
             if self.adapter.oneshot:
@@ -369,6 +426,9 @@ class Instance:
             if not self._unread:
                 raise ToolPoolError(f"instance {self.index} has no response pending: call send_prompt first")
             turn = self._unread[0]
+        return self._wait(turn, timeout)
+
+    def _wait(self, turn: _Turn, timeout: Optional[float]) -> Response:
         try:
             return turn.future.result(timeout)
         except cf.TimeoutError:
@@ -382,13 +442,25 @@ class Instance:
         finally:
             if turn.future.done():
                 with self._lock:
-                    if self._unread and self._unread[0] is turn:
-                        self._unread.popleft()
+                    try:
+                        self._unread.remove(turn)
+                    except ValueError:
+                        pass  # another reader returned it already
 
     def ask(self, prompt: str, timeout: Optional[float] = None, **kwargs: Any) -> Response:
-        """``send`` then ``read`` with one deadline."""
-        self.send(prompt, **kwargs)
-        return self.read(timeout)
+        """Send ``prompt`` and wait at most ``timeout`` seconds for *its* response.
+
+        On timeout the response stays pending for a later :meth:`read`.
+        """
+        kwargs.setdefault("unread", True)
+        return self._wait(self._send(prompt, kind="prompt", **kwargs), timeout)
+
+    def discard_unread(self) -> int:
+        """Forget responses nobody will read (e.g. a released lease's); return how many."""
+        with self._lock:
+            n = len(self._unread)
+            self._unread.clear()
+        return n
 
     def interrupt(self) -> bool:
         """Ask the tool to cancel the turn in progress.  False if nothing to cancel."""
@@ -403,19 +475,48 @@ class Instance:
         self.adapter.interrupt(control)
         return True
 
+    def probe(self, timeout: float) -> bool:
+        """Check that an idle tool still answers (the adapter's liveness probe).
+
+        Returns True if it answered within ``timeout`` seconds, or if there is
+        nothing to check (no probe for this tool, or not IDLE); False if it did
+        not answer, so the caller can recycle it.
+        """
+        data = self.adapter.liveness_probe()
+        if data is None:
+            return True
+        with self._lock:
+            if self._state is not State.IDLE or self._proc is None or self._proc.writer is None:
+                return True
+            proc = self._proc
+            turn = _Turn("probe", None)
+            self._turns.append(turn)
+            self._set_state(State.BUSY)
+            proc.framer.start_turn(None)
+        try:
+            proc.writer.write(data)
+            turn.future.result(timeout)
+            return True
+        except (cf.TimeoutError, ToolPoolError, OSError):
+            return False
+
     # ------------------------------------------------- reader-thread callbacks
     def _on_data(self, proc: _Process, chunk: bytes) -> Optional[float]:
         with self._lock:
             if proc is not self._proc:
                 return None
             self.bytes_out += len(chunk)
+            self.last_output_at = time.monotonic()
             head = self._turns[0] if self._turns else None
             if head is not None and head.first_byte_at is None:
                 head.first_byte_at = time.perf_counter()
             done = self._apply(proc.framer.feed(chunk))
             events, proc.framer.events = proc.framer.events, []
             quiet = proc.framer.settle if proc.framer.has_candidate() else None
+            waiters = self._take_idle_waiters()
         self._deliver(events, head, done)
+        for waiter in waiters:
+            waiter()
         return quiet
 
     def _on_quiet(self, proc: _Process) -> None:
@@ -423,7 +524,10 @@ class Instance:
             if proc is not self._proc:
                 return
             done = self._apply(proc.framer.on_quiet())
+            waiters = self._take_idle_waiters()
         self._resolve(done)
+        for waiter in waiters:
+            waiter()
 
     def _on_stderr(self, proc: _Process, chunk: bytes) -> None:
         with self._lock:
@@ -439,6 +543,7 @@ class Instance:
             if proc is not self._proc:
                 return
             self.last_exit_code = code
+            proc.framer.exit_code = code
             done = self._apply(proc.framer.on_exit())
             expected = self._state in (State.STOPPING, State.STOPPED)
             error = InstanceCrashed(self.index, code, self.stderr.text(), proc.framer.partial())
@@ -487,6 +592,8 @@ class Instance:
                 done.append((turn.future, frame.error, True))
             if frame.final:
                 self._turns.popleft()
+                if turn.kind == "prompt":
+                    self.served += 1
                 if not turn.failed:
                     done.append((turn.future, self._result(turn, frame), False))
         if not self._turns and self._state is State.BUSY:
@@ -505,6 +612,7 @@ class Instance:
         response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=now - turn.sent_at,
                             prompt=turn.prompt, timings=timings, **extra)
         response.meta.update(meta)
+        self.adapter.observe(self.index, response)
         return response
 
     def _take_turns(self, error: BaseException) -> List[Completion]:

@@ -23,6 +23,7 @@ class Timings:
     first_byte: Optional[float] = None
     total: float = 0.0
     warm: bool = True
+    process_age: Optional[float] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -32,6 +33,7 @@ class Timings:
             "first_byte": self.first_byte,
             "total": self.total,
             "warm": self.warm,
+            "process_age": self.process_age,
         }
 
 

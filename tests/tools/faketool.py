@@ -14,6 +14,17 @@ import sys
 import time
 
 PROMPT = b"tp> "
+in_command = False
+interrupted = False
+
+
+def on_sigint(signum, frame):
+    # Inside a command: cancel it.  Between commands: the prompt it was meant
+    # for is already written and not yet read, so cancel that one when read.
+    global interrupted
+    if in_command:
+        raise KeyboardInterrupt
+    interrupted = True
 out = sys.stdout.buffer
 err = sys.stderr.buffer
 
@@ -36,13 +47,22 @@ def main() -> int:
     ap.add_argument("--ignore-term", action="store_true")
     ap.add_argument("--banner", default="faketool ready")
     ap.add_argument("--grandchild", default=None, help="spawn a sleeping grandchild at start")
+    ap.add_argument("--only-once", default=None, metavar="PATH",
+                    help="start normally only if PATH can be created; otherwise crash on start (code 4)")
     args = ap.parse_args()
 
+    global in_command, interrupted
+    signal.signal(signal.SIGINT, on_sigint)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.grandchild:
         spawn_grandchild(args.grandchild)
     time.sleep(args.startup)
+    if args.only_once:
+        try:
+            os.close(os.open(args.only_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            args.crash_on_start = 4
     if args.crash_on_start is not None:
         err.write(b"fatal: cannot start (simulated)\n")
         err.flush()
@@ -58,9 +78,14 @@ def main() -> int:
             return 0
         line = line.rstrip(b"\n")
         try:
+            in_command = True
+            if interrupted:
+                raise KeyboardInterrupt
             handle(line)
         except KeyboardInterrupt:  # SIGINT cancels the command, like aider
             w(b"[interrupted]\n" + PROMPT)
+        finally:
+            in_command = interrupted = False
 
 
 def handle(line: bytes) -> None:
@@ -71,6 +96,13 @@ def handle(line: bytes) -> None:
         err.write(b"boom: simulated crash\n")
         err.flush()
         os._exit(int(rest or 3))
+    elif word == b"crash-once":  # crash unless the marker file exists (create it first)
+        try:
+            os.close(os.open(rest, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            w(b"survived\n" + PROMPT)
+            return
+        os._exit(6)
     elif word == b"kill-self":
         w(b"about to die")
         os.kill(os.getpid(), signal.SIGKILL)

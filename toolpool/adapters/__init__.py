@@ -35,7 +35,32 @@ def create_adapter(name: str, **options: Any) -> Adapter:
     return factory(**options)
 
 
+def _lazy(module: str, cls: str) -> Callable[..., Adapter]:
+    """A factory that imports its adapter module only when used."""
+
+    def factory(**options: Any) -> Adapter:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(**options)
+
+    factory.__name__ = cls
+    return factory
+
+
 register_adapter("demo", DemoAdapter)
+register_adapter("claude", _lazy("claude", "ClaudeAdapter"))
+register_adapter("aider", _lazy("aider", "AiderAdapter"))
+register_adapter("command", _lazy("command", "CommandAdapter"))
+
+
+def __getattr__(name: str) -> Any:
+    # ``from toolpool.adapters import ClaudeAdapter`` without importing every tool module up front.
+    lazy = {"ClaudeAdapter": "claude", "AiderAdapter": "aider", "CommandAdapter": "command"}
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{lazy[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Adapter", "Control", "DemoAdapter", "Frame", "Framer", "PromptFramer", "ReplAdapter",
            "adapter_names", "check_terminal_safe", "create_adapter", "redact_argv", "register_adapter"]

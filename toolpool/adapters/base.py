@@ -72,6 +72,8 @@ class Framer:
     #: Seconds of silence required after a candidate end before it counts
     #: (0: a frame ends the moment its terminator arrives).
     settle: float = 0.0
+    #: The process's exit code, set by the instance just before ``on_exit()``.
+    exit_code: Optional[int] = None
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -171,6 +173,13 @@ class Adapter:
         Called outside the instance lock, after ``framer.interrupt_sent()``.
         """
         control.signal_process(signal.SIGINT)
+
+    def observe(self, slot: int, response: Any) -> None:
+        """Called with every response of ``slot`` (e.g. to remember a session id)."""
+
+    def liveness_probe(self) -> Optional[bytes]:
+        """Bytes that make an idle tool answer with one frame, or None (no probe)."""
+        return None
 
     def close(self) -> None:
         """Release what the adapter made (temporary directories...)."""

@@ -166,6 +166,10 @@ class ReplAdapter(Adapter):
         except UnicodeEncodeError as exc:
             raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
 
+    def liveness_probe(self) -> Optional[bytes]:
+        # An empty line makes a REPL print its prompt again.
+        return self.line_ending.encode(self.encoding)
+
     def new_framer(self) -> Framer:
         return PromptFramer(self.prompt, max_bytes=self.max_response_bytes, window=self.prompt_window,
                             settle=self.settle, encoding=self.encoding, crlf=self.transport == "pty",

@@ -1,0 +1,93 @@
+"""One-shot tools: one process per prompt, prompt on stdin, answer until exit.
+
+For CLIs such as ``llm -p`` or ``claude -p`` that read a prompt, answer once
+and exit.  The pool keeps a process of each slot already spawned and waiting
+on stdin, so a prompt never pays the tool's start-up; a used process is
+replaced in the background.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
+
+from ..errors import ResponseTooLarge
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Frame, Framer
+
+
+class UntilExitFramer(Framer):
+    """The response is everything printed until the process exits."""
+
+    def __init__(self, max_bytes: int, ok_codes: Iterable[int], encoding: str, strip: bool) -> None:
+        super().__init__(max_bytes)
+        self.ok_codes = frozenset(ok_codes)
+        self.encoding = encoding
+        self.strip = strip
+        self._buf = bytearray()
+        self._overflow = False
+
+    def feed(self, data: bytes) -> List[Frame]:
+        if self._overflow:
+            return []
+        self._buf += data
+        if len(self._buf) > self.max_bytes:
+            self._overflow = True
+            partial = bytes(self._buf[:65536])
+            self._buf.clear()
+            return [Frame(error=ResponseTooLarge(self.max_bytes, partial), final=False)]
+        return []
+
+    def on_exit(self) -> List[Frame]:
+        if self._overflow:
+            return [Frame()]  # closes the already-failed turn
+        if self.exit_code not in self.ok_codes:
+            return []  # the instance reports InstanceCrashed with the code and stderr tail
+        raw = bytes(self._buf)
+        text = raw.decode(self.encoding, "replace")
+        return [Frame(raw=raw, text=text.strip() if self.strip else text, fields={"exit_code": self.exit_code})]
+
+    def partial(self) -> bytes:
+        return bytes(self._buf)
+
+
+class CommandAdapter(Adapter):
+    """A tool run once per prompt: ``command`` gets the prompt on stdin, then EOF.
+
+    The response is everything it prints on stdout until it exits; an exit
+    code outside ``ok_codes`` fails the request with :class:`InstanceCrashed`
+    (exit code and stderr tail).  ``suffix`` is appended to the prompt (e.g.
+    ``"\\n"`` for tools that read a line).
+    """
+
+    name = "command"
+    oneshot = True
+    ready_on_spawn = True
+
+    def __init__(self, command: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
+                 cwd: Optional[str] = None, start_timeout: float = 30.0,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, encoding: str = "utf-8",
+                 ok_codes: Iterable[int] = (0,), suffix: str = "", strip: bool = True,
+                 name: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
+                         encoding=encoding, **kwargs)
+        if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
+            raise ValueError("command must be a non-empty list of strings (argv), e.g. ['llm', '-p']")
+        self._command = list(command)
+        self.ok_codes = tuple(ok_codes)
+        self.suffix = suffix
+        self.strip = strip
+        if name:
+            self.name = name
+
+    def command(self, slot: int) -> List[str]:
+        return list(self._command)
+
+    def encode(self, prompt: str) -> bytes:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+        try:
+            return (prompt + self.suffix).encode(self.encoding)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
+
+    def new_framer(self) -> Framer:
+        return UntilExitFramer(self.max_response_bytes, self.ok_codes, self.encoding, self.strip)
