@@ -139,3 +139,9 @@ def test_tool_exit_between_prompts(make_pool):
     with pytest.raises(InstanceCrashed) as info:
         pool.read_response(0, timeout=30)
     assert info.value.exit_code == 0
+
+
+def test_prompt_on_stderr_gets_a_hint():
+    import sys
+    with pytest.raises(SpawnError, match="prompt appeared on stderr.*transport='pty'"):
+        ToolProcessPool(ReplAdapter([sys.executable, "-i", "-q"], prompt=r">>> $", start_timeout=1.5))

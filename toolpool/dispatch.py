@@ -27,7 +27,7 @@ class Request:
     """
 
     __slots__ = ("kind", "prompt", "data", "future", "timeout", "deadline", "created", "created_mono", "on_event",
-                 "timer", "retries", "instance", "running")
+                 "timer", "retries", "instance", "running", "_completed")
 
     def __init__(self, kind: str, prompt: Optional[str], data: Optional[bytes], timeout: Optional[float],
                  on_event: Optional[EventCallback] = None, retries: int = 0) -> None:
@@ -44,15 +44,7 @@ class Request:
         self.retries = retries
         self.instance: Optional["Instance"] = None
         self.running = False
-
-    def fail(self, exc: BaseException) -> bool:
-        if self.future.done():
-            return False
-        try:
-            self.future.set_exception(exc)
-            return True
-        except cf.InvalidStateError:
-            return False
+        self._completed = False
 
 
 class _Queued:

@@ -264,8 +264,10 @@ class Instance:
             with self._lock:
                 partial = self._proc.framer.partial() if self._proc else b""
             shown = partial[-500:].decode(self.adapter.encoding, "replace")
+            hint = self.adapter.diagnose(shown, self.stderr.text())
             raise SpawnError(f"{self.adapter.name} (instance {self.index}) did not {what} within {limit:g}s"
-                             f"; last output: {shown!r}", None, self.stderr.text()) from None
+                             f"; last output: {shown!r}" + (f"; hint: {hint}" if hint else ""),
+                             None, self.stderr.text()) from None
         except InstanceCrashed as exc:
             raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up "
                              f"(while waiting to {what})", exc.exit_code, exc.stderr_tail) from None

@@ -23,7 +23,7 @@ from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Mappin
 
 from .adapters import Adapter, create_adapter
 from .adapters.base import EventCallback
-from .dispatch import Lease, MessageQueue, Request, _copy
+from .dispatch import Lease, MessageQueue, Request
 from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ResponseTimeout,
                      ToolNotFoundError, ToolPoolError)
 from .instance import Instance
@@ -177,6 +177,7 @@ class ToolProcessPool:
     def _on_instance_event(self, inst: Instance, event: str, info: Dict[str, Any]) -> None:
         """From instances (reader threads, spawn threads): never blocks."""
         info = dict(info, index=inst.index)
+        self._notify(event, info)  # first: subscribers see causes before effects
         if event == "exited" and not self._closed:
             if info.get("crashed"):
                 self._stats.incr("crashes")
@@ -187,7 +188,6 @@ class ToolProcessPool:
                 self._supervise(inst, ran_for)
         elif event == "ready":
             self._after_ready(inst)
-        self._notify(event, info)
 
     # ----------------------------------------------------------- supervision
     def _supervise(self, inst: Instance, ran_for: Optional[float]) -> None:
@@ -267,7 +267,7 @@ class ToolProcessPool:
                 return
             waiting, self._waiting = list(self._waiting), collections.deque()
         for req in waiting:
-            req.fail(InstanceUnavailable("every instance of the pool is FATAL; see get_status() for exit codes "
+            self._complete(req, exc=InstanceUnavailable("every instance of the pool is FATAL; see get_status() for exit codes "
                                          "and stderr, then restart_instance() after fixing the cause"))
 
     # ------------------------------------------------------------- recycling
@@ -517,9 +517,10 @@ class ToolProcessPool:
         except Exception as exc:
             with self._lock:
                 self._owner[inst.index] = None
-            req.fail(exc)
+            self._complete(req, exc=exc)
             self._dispatch()
             return
+        self._stats.incr("bytes_in", len(req.data or b""))
         self._stats.incr("spawns_cold" if cold else "spawns_warm")
         self._stats.observe("queue_wait", timings.queued)
         log.debug("request dispatched to instance %d: acquire %.6fs (%s, spawn %.6fs)", inst.index, waited,
@@ -542,24 +543,41 @@ class ToolProcessPool:
         if retry:
             log.info("retrying a request from crashed instance %d on another instance", inst.index)
         else:
-            self._account(req, fut)
-            _copy(fut, req.future)
+            exc = fut.exception()
+            self._complete(req, None if exc else fut.result(), exc)
         if not self._maybe_recycle(inst):
             self._dispatch()
         if self.max_idle and inst.state is State.IDLE:
             since = inst.state_since
             self._scheduler.call_later(self.max_idle, lambda: self._idle_check(inst, since))
 
-    def _account(self, req: Request, fut: cf.Future) -> None:
-        exc = fut.exception()
+    def _complete(self, req: Request, result: Optional[Response] = None,
+                  exc: Optional[BaseException] = None) -> bool:
+        """End a request: count it, then resolve the caller's future (first outcome wins).
+
+        Counting first means that a caller who sees the result also sees it
+        in :meth:`stats`.
+        """
+        with self._lock:
+            if req.future.done() or req._completed:
+                return False
+            req._completed = True
         self._stats.incr("requests")
-        self._stats.incr("bytes_in", len(req.data or b""))
-        if exc is None:
-            r: Response = fut.result()
-            self._stats.incr("bytes_out", len(r.raw))
-            self._stats.observe("response", r.elapsed)
-        else:
+        if exc is not None:
             self._stats.incr("errors")
+            if isinstance(exc, ResponseTimeout):
+                self._stats.incr("timeouts")
+        elif result is not None:
+            self._stats.incr("bytes_out", len(result.raw))
+            self._stats.observe("response", result.elapsed)
+        try:
+            if exc is not None:
+                req.future.set_exception(exc)
+            else:
+                req.future.set_result(result)
+        except cf.InvalidStateError:  # cancelled meanwhile
+            return False
+        return True
 
     def _expire(self, req: Request) -> None:
         """A request's deadline passed (scheduler thread)."""
@@ -577,8 +595,7 @@ class ToolProcessPool:
             partial = b""
             err = ResponseTimeout(f"instance {inst.index} gave no complete response within {req.timeout}s "
                                   "(including queueing); the turn was interrupted", partial, phase="response")
-        if req.fail(err):
-            self._stats.incr("timeouts")
+        if self._complete(req, exc=err):
             log.info("request timed out in %s after %ss", err.phase, req.timeout,
                      extra={"phase": err.phase, "timeout": req.timeout})
         if inst is not None and not queued:
@@ -797,6 +814,16 @@ class ToolProcessPool:
             "instances": instances,
         }
 
+    def dump_status(self, path: str) -> str:
+        """Write :meth:`get_status` to ``path`` atomically (owner-only, secrets redacted).
+
+        Returns the path.  See :func:`toolpool.status.dump_status`.
+        """
+        from .status import dump_status, secret_values
+
+        secrets = secret_values({**self.adapter.environment(0), **self.adapter.env})
+        return dump_status(self.get_status(), path, secrets)
+
     # ---------------------------------------------------------------- shutdown
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every instance (in parallel) and release everything.  Idempotent.
@@ -815,7 +842,7 @@ class ToolProcessPool:
             queues = list(self._queues.values())
         _live_pools.discard(self)
         for req in waiting:
-            req.fail(PoolClosed("the pool was shut down before this request reached an instance"))
+            self._complete(req, exc=PoolClosed("the pool was shut down before this request reached an instance"))
         for queue in queues:
             queue.close(PoolClosed("the pool was shut down"))
         self._scheduler.close()

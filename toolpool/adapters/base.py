@@ -177,6 +177,10 @@ class Adapter:
     def observe(self, slot: int, response: Any) -> None:
         """Called with every response of ``slot`` (e.g. to remember a session id)."""
 
+    def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
+        """A hint for a tool that did not become ready, from what it printed (or None)."""
+        return None
+
     def liveness_probe(self) -> Optional[bytes]:
         """Bytes that make an idle tool answer with one frame, or None (no probe)."""
         return None

@@ -166,6 +166,14 @@ class ReplAdapter(Adapter):
         except UnicodeEncodeError as exc:
             raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
 
+    def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
+        if self.transport == "pipe" and self.prompt.search(stderr_tail.rstrip("\n")):
+            return ("the prompt appeared on stderr, not stdout (CPython's REPL does this); use "
+                    "transport='pty', or make the tool print its prompt on stdout")
+        if stdout_tail and not self.prompt.search(stdout_tail):
+            return f"the output does not end with a match of the prompt pattern {self.prompt.pattern!r}"
+        return None
+
     def liveness_probe(self) -> Optional[bytes]:
         # An empty line makes a REPL print its prompt again.
         return self.line_ending.encode(self.encoding)

@@ -1,0 +1,94 @@
+"""The toolpool command line, run as a real subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def toolpool(*args, input=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "toolpool", *args], capture_output=True, text=True,
+                          input=input, timeout=timeout, cwd=ROOT)
+
+
+def test_run_demo_writes_jsonl_summary_and_status(tmp_path):
+    out, status = tmp_path / "out.jsonl", tmp_path / "status.json"
+    res = toolpool("run", "-n", "2", "--prompt", "alpha", "--prompt", "beta gamma", "--out", str(out),
+                   "--status-file", str(status), "--option", "think=0.01")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert sorted(l["prompt"] for l in lines) == ["alpha", "beta gamma"]
+    for line in lines:
+        assert line["ok"] and line["error"] is None and line["instance"] in (0, 1)
+        assert line["text"].startswith("[turn 1] You asked: " + line["prompt"])
+        assert set(line["timings"]) >= {"queued", "acquire", "spawn", "first_byte", "total", "warm"}
+    assert "[2/2]" in res.stderr and "succeeded     2" in res.stderr  # plain progress lines, no tty
+    shown = toolpool("status", str(status))
+    assert shown.returncode == 0 and "IDLE" in shown.stdout and "tool demo" in shown.stdout
+
+
+def test_run_reads_prompts_from_stdin_and_fails_nonzero_on_errors():
+    res = toolpool("run", "--tool", "command", "--option", f'command=["{sys.executable}", "-c", '
+                   '"import sys; p=sys.stdin.read(); sys.exit(3 if p.startswith(\'bad\') else print(p.upper()))"]',
+                   "--prompts-file", "-", input="ok one\nbad two\nok three\n")
+    assert res.returncode == 1, res.stderr
+    records = {r["prompt"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert records["ok one"]["text"] == "OK ONE" and records["ok three"]["ok"]
+    assert not records["bad two"]["ok"] and "exited with code 3" in records["bad two"]["error"]
+    assert "failed        1" in res.stderr
+
+
+def test_run_sample_batch_by_default_and_python_dash_m():
+    res = toolpool("run", "-n", "3")
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 6 and "sample batch" in res.stderr
+
+
+def test_ctrl_c_keeps_finished_results(tmp_path):
+    out, prompts = tmp_path / "out.jsonl", tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"p{n}" for n in range(40)))
+    proc = subprocess.Popen([sys.executable, "-m", "toolpool", "run", "-n", "1", "--option", "think=0.2",
+                             "--prompts-file", str(prompts), "--out", str(out)], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    kept = [json.loads(l) for l in out.read_text().splitlines()]
+    assert 2 <= len(kept) < 40 and all(r["ok"] for r in kept)
+    assert "interrupted" in err and "not run" in err
+
+
+def test_bad_usage_is_clear():
+    res = toolpool("run", "--tool", "nope", "--prompt", "x")
+    assert res.returncode == 2 and "unknown adapter 'nope'" in res.stderr
+    res = toolpool("run", "--tool", "command", "--prompt", "x")
+    assert res.returncode == 2 and "cannot set up tool" in res.stderr
+
+
+def test_status_rejects_an_invalid_dump(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 1, "instances": []}))
+    res = toolpool("status", str(bad))
+    assert res.returncode == 2 and "not a valid toolpool status dump" in res.stderr and "health" in res.stderr
+
+
+def test_doctor_lists_every_adapter():
+    res = toolpool("doctor", "--json", timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = {r["tool"]: r for r in json.loads(res.stdout)}
+    assert set(rows) >= {"demo", "claude", "aider", "command"}
+    assert rows["demo"]["found"] is True
+    env = dict(os.environ, CLAUDECODE="1")
+    res = subprocess.run([sys.executable, "-m", "toolpool", "doctor"], capture_output=True, text=True, env=env,
+                         timeout=120, cwd=ROOT)
+    assert "CLAUDECODE set" in res.stdout

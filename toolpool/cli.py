@@ -1,0 +1,369 @@
+"""The ``toolpool`` command line: ``run``, ``doctor``, ``status``.
+
+``toolpool run`` fans prompts over a pool and writes one JSON line per prompt;
+``toolpool doctor`` checks which tools would work here and why not;
+``toolpool status FILE`` validates a status dump and shows it as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Iterable, List, Optional, TextIO
+
+from . import __version__
+from .adapters import adapter_names, create_adapter
+from .errors import ToolPoolError
+from .pool import ToolProcessPool
+from .response import Response
+
+SAMPLE_PROMPTS = [
+    "Summarise what this repository does",
+    "Write a unit test for the parser",
+    "Explain the failing build",
+    "Suggest a better name for process_data",
+    "Review the error handling in main",
+    "List three risks in this change",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# ------------------------------------------------------------------------ run
+def _tool_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """Map the generic pass-through flags onto the chosen adapter's options."""
+    options: Dict[str, Any] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"toolpool: --option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    if args.model:
+        options["model"] = args.model
+    if args.cwd:
+        options["cwd"] = args.cwd
+    if args.extra_arg:
+        options["extra_args"] = list(args.extra_arg)
+    if args.api_base:
+        if args.tool == "claude":
+            env = dict(options.get("env") or {})
+            env["ANTHROPIC_BASE_URL"] = args.api_base
+            options["env"] = env
+        else:
+            options["api_base"] = args.api_base
+    return options
+
+
+def _read_prompts(args: argparse.Namespace) -> List[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        stream = sys.stdin if args.prompts_file == "-" else open(args.prompts_file, encoding="utf-8")
+        with stream if stream is not sys.stdin else _nullcontext(stream) as f:
+            prompts += [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts and args.tool == "demo":
+        print("toolpool: no prompts given; running the demo's sample batch", file=sys.stderr)
+        prompts = list(SAMPLE_PROMPTS)
+    return prompts
+
+
+class _nullcontext:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _record(prompt: str, position: int, fut: "cf.Future[Response]") -> Dict[str, Any]:
+    rec: Dict[str, Any] = {"n": position, "prompt": prompt}
+    if fut.cancelled():
+        rec.update(ok=False, error="cancelled", text=None, instance=None, timings=None)
+        return rec
+    exc = fut.exception()
+    if exc is None:
+        r = fut.result()
+        rec.update(ok=not r.is_error, text=r.text, instance=r.index, timings=r.timings.as_dict(),
+                   error="tool reported an error" if r.is_error else None)
+        for key in ("session_id", "cost_usd", "tokens_sent", "tokens_received"):
+            if getattr(r, key) is not None:
+                rec[key] = getattr(r, key)
+    else:
+        rec.update(ok=False, text=None, instance=getattr(exc, "index", None), timings=None,
+                   error=f"{type(exc).__name__}: {exc}")
+    return rec
+
+
+class _Progress:
+    """tqdm on a terminal, plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.bar = None
+        if stream.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, file=stream, unit="prompt", dynamic_ncols=True)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                pass
+
+    def update(self, rec: Dict[str, Any]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if not rec["ok"]:
+                self.bar.write(f"prompt {rec['n']} failed: {rec['error']}")
+            return
+        status = "ok" if rec["ok"] else f"FAILED: {rec['error']}"
+        where = f" instance {rec['instance']}" if rec["instance"] is not None else ""
+        seconds = f" {rec['timings']['total']:.3f}s" if rec["timings"] else ""
+        print(f"[{self.done}/{self.total}] prompt {rec['n']}{where}{seconds} {status}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(records: Iterable[Dict[str, Any]], total: int, elapsed: float, stream: TextIO) -> None:
+    records = list(records)
+    ok = sum(r["ok"] for r in records)
+    failed = len(records) - ok
+    times = sorted(r["timings"]["total"] for r in records if r["timings"])
+    per_instance: Dict[Any, int] = {}
+    for r in records:
+        if r["instance"] is not None:
+            per_instance[r["instance"]] = per_instance.get(r["instance"], 0) + 1
+
+    def pct(p: float) -> str:
+        return f"{times[min(len(times) - 1, int(p * len(times)))]:.3f}s" if times else "-"
+
+    rows = [("prompts", str(total)), ("succeeded", str(ok)), ("failed", str(failed)),
+            ("not run", str(total - len(records))), ("wall time", f"{elapsed:.2f}s"),
+            ("latency p50", pct(0.5)), ("latency p95", pct(0.95)), ("latency max", pct(1.0)),
+            ("per instance", ", ".join(f"{k}: {v}" for k, v in sorted(per_instance.items())) or "-")]
+    width = max(len(k) for k, _ in rows)
+    print("-" * (width + 30), file=stream)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}", file=stream)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    prompts = _read_prompts(args)
+    if not prompts:
+        print("toolpool: no prompts: give --prompt TEXT or --prompts-file FILE (- for stdin)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        adapter = create_adapter(args.tool, **_tool_options(args))
+    except (ValueError, TypeError) as exc:
+        print(f"toolpool: cannot set up tool {args.tool!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    started = time.perf_counter()
+    records: List[Dict[str, Any]] = []
+    interrupted = False
+    try:
+        with ToolProcessPool(adapter, args.instances, start_timeout=args.start_timeout) as pool:
+            futures = {pool.submit(p, timeout=args.timeout): (n, p) for n, p in enumerate(prompts)}
+            progress = _Progress(len(prompts), sys.stderr)
+            try:
+                for fut in cf.as_completed(futures):
+                    n, prompt = futures[fut]
+                    rec = _record(prompt, n, fut)
+                    records.append(rec)
+                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    out.flush()
+                    progress.update(rec)
+                    if args.status_file:
+                        pool.dump_status(args.status_file)
+            except KeyboardInterrupt:
+                interrupted = True
+                for fut in futures:
+                    fut.cancel()
+                print("\ntoolpool: interrupted; stopping the pool and keeping finished results", file=sys.stderr)
+            finally:
+                progress.close()
+                if args.status_file:
+                    pool.dump_status(args.status_file)
+    except ToolPoolError as exc:
+        print(f"toolpool: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    _summary(records, len(prompts), time.perf_counter() - started, sys.stderr)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(r["ok"] for r in records) and len(records) == len(prompts) else EXIT_FAILED
+
+
+# --------------------------------------------------------------------- doctor
+def _version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc.__class__.__name__})"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else f"unknown (exit {out.returncode})"
+
+
+def _find_tool(name: str, env_var: str, cache_rel: str) -> Optional[str]:
+    if os.environ.get(env_var):
+        return os.environ[env_var]
+    found = shutil.which(name)
+    if found:
+        return found
+    cache = os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools")
+    candidate = os.path.join(cache, cache_rel)
+    return candidate if os.access(candidate, os.X_OK) else None
+
+
+def doctor_report() -> List[Dict[str, Any]]:
+    """What would work here: one entry per adapter with problems and fixes."""
+    env = os.environ
+    rows: List[Dict[str, Any]] = [{"tool": "demo", "executable": sys.executable, "found": True,
+                                   "version": f"built in (toolpool {__version__})", "problems": []}]
+    claude = _find_tool("claude", "TOOLPOOL_CLAUDE", "claude/node_modules/.bin/claude")
+    problems = []
+    if not claude:
+        problems.append("`claude` not found: npm install -g @anthropic-ai/claude-code (or set TOOLPOOL_CLAUDE)")
+    if env.get("CLAUDECODE") or env.get("CLAUDE_CODE_ENTRYPOINT"):
+        problems.append("running inside a Claude Code session (CLAUDECODE set): toolpool strips it for its "
+                        "children, but other scripts you start may not")
+    if not (env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_AUTH_TOKEN") or env.get("ANTHROPIC_BASE_URL")):
+        problems.append("no ANTHROPIC_API_KEY: set it, log in with `claude`, or point ANTHROPIC_BASE_URL at "
+                        "toolpool.testing.FakeAnthropicServer for offline runs")
+    rows.append({"tool": "claude", "executable": claude, "found": bool(claude),
+                 "version": _version(claude) if claude else None, "problems": problems})
+    aider = _find_tool("aider", "TOOLPOOL_AIDER", "aider-venv/bin/aider")
+    problems = []
+    if not aider:
+        problems.append("`aider` not found: pipx install aider-chat (or set TOOLPOOL_AIDER)")
+    if not (env.get("OPENAI_API_KEY") or env.get("ANTHROPIC_API_KEY") or env.get("OPENAI_API_BASE")):
+        problems.append("no OPENAI_API_KEY / ANTHROPIC_API_KEY: aider needs a model key, or api_base pointing "
+                        "at toolpool.testing.FakeOpenAIServer for offline runs")
+    rows.append({"tool": "aider", "executable": aider, "found": bool(aider),
+                 "version": _version(aider) if aider else None, "problems": problems})
+    known = {r["tool"] for r in rows}
+    for name in adapter_names():
+        if name not in known:
+            rows.append({"tool": name, "executable": None, "found": None,
+                         "version": None, "problems": [] if name == "command" else ["custom adapter: not checked"],
+                         "note": "runs the command you give it" if name == "command" else ""})
+    return rows
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    rows = doctor_report()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        found = {True: "found", False: "MISSING", None: "-"}[row["found"]]
+        print(f"{row['tool']:<8} {found:<8} {row['version'] or ''}")
+        if row["executable"]:
+            print(f"         at {row['executable']}")
+        for problem in row["problems"]:
+            print(f"         ! {problem}")
+        if row.get("note"):
+            print(f"         {row['note']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import validation_errors
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            status = json.load(f)
+    except (OSError, ValueError) as exc:
+        print(f"toolpool: cannot read status file {args.file}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    errors = validation_errors(status)
+    if errors:
+        print(f"toolpool: {args.file} is not a valid toolpool status dump:", file=sys.stderr)
+        for err in errors:
+            print(f"  {err}", file=sys.stderr)
+        return EXIT_USAGE
+    h = status["health"]
+    adapter = status["adapter"]
+    print(f"tool {adapter['name']} ({adapter['transport']}): {h['total']} instances, {h['alive']} alive, "
+          f"{h['busy']} busy, {h['idle']} idle, {h.get('fatal', 0)} fatal"
+          f"{' (closed)' if status.get('closed') else ''}")
+    header = ("#", "pid", "state", "requests", "restarts", "exit", "last error")
+    rows = [(str(i["index"]), str(i["pid"] or "-"), i["state"], str(i["requests"]), str(i["restarts"]),
+             "-" if i.get("last_exit_code") is None else str(i["last_exit_code"]),
+             (i["last_error"] or "").splitlines()[0][:60] if i["last_error"] else "") for i in status["instances"]]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolpool", description="Run a pool of interactive CLI tools.")
+    parser.add_argument("--version", action="version", version=f"toolpool {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="fan prompts over a pool, one JSON line per prompt")
+    run.add_argument("--tool", default="demo", help=f"adapter name ({', '.join(adapter_names())}); default demo")
+    run.add_argument("-n", "--instances", type=int, default=2, help="pool size (default 2)")
+    run.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    run.add_argument("--prompts-file", help="file with one prompt per line, or - for stdin")
+    run.add_argument("--out", help="write JSON lines here instead of stdout")
+    run.add_argument("--timeout", type=float, default=None, help="seconds per prompt (queueing included)")
+    run.add_argument("--start-timeout", type=float, default=None, help="seconds for each instance to start")
+    run.add_argument("--status-file", help="keep an atomic status dump here while running")
+    run.add_argument("--model", help="model name passed to the tool")
+    run.add_argument("--cwd", help="working directory of the tool")
+    run.add_argument("--api-base", help="API base URL (e.g. a local fake server)")
+    run.add_argument("--extra-arg", action="append", help="extra argument for the tool (repeatable)")
+    run.add_argument("--option", action="append", metavar="KEY=VALUE",
+                     help="any adapter option, VALUE parsed as JSON when it can be (repeatable)")
+    run.set_defaults(func=cmd_run)
+
+    doctor = sub.add_parser("doctor", help="check which tools work here, and what would break them")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(func=cmd_doctor)
+
+    status = sub.add_parser("status", help="validate a status dump and show it as a table")
+    status.add_argument("file")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if getattr(args, "instances", 1) < 1:
+        print("toolpool: --instances must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    # Ctrl-C must reach the main thread as KeyboardInterrupt, also when started from a shell script.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
