@@ -22,7 +22,6 @@ import errno
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import threading
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -45,6 +44,14 @@ def resolve_executable(argv0: str, env: Mapping[str, str]) -> str:
     return found
 
 
+def _prepare(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[str]) -> str:
+    """Check what exec would trip on, with errors that say so; return the executable."""
+    exe = resolve_executable(argv[0], env)
+    if cwd is not None and not os.path.isdir(cwd):
+        raise SpawnError(f"working directory does not exist: {cwd!r}")
+    return exe
+
+
 def _set_nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -54,8 +61,8 @@ class _ExitWatch:
     """A file descriptor that becomes readable once the process has exited.
 
     On Linux >= 5.3 this is a pidfd and costs nothing.  Elsewhere a small
-    waiter thread blocks in ``waitpid(WNOWAIT)``-free ``wait`` on a copy of the
-    process and writes to a pipe; the transport owns and joins it.
+    waiter thread blocks until the process exits and then writes to a pipe;
+    the transport owns it and joins it on close.
     """
 
     def __init__(self, pid: int, wait_fn) -> None:
@@ -159,9 +166,7 @@ class PipeTransport(Transport):
     kind = "pipe"
 
     def __init__(self, argv: Sequence[str], env: Dict[str, str], cwd: Optional[str]) -> None:
-        exe = resolve_executable(argv[0], env)
-        if cwd is not None and not os.path.isdir(cwd):
-            raise SpawnError(f"working directory does not exist: {cwd!r}")
+        exe = _prepare(argv, env, cwd)
         try:
             self._proc = subprocess.Popen(
                 [exe, *argv[1:]],
@@ -217,9 +222,7 @@ class PtyTransport(Transport):
     def __init__(self, argv: Sequence[str], env: Dict[str, str], cwd: Optional[str]) -> None:
         import pexpect  # imported lazily: pipe-only users never pay for it
 
-        exe = resolve_executable(argv[0], env)
-        if cwd is not None and not os.path.isdir(cwd):
-            raise SpawnError(f"working directory does not exist: {cwd!r}")
+        exe = _prepare(argv, env, cwd)
         try:
             self._child = pexpect.spawn(
                 exe,
@@ -294,8 +297,3 @@ def make_transport(kind: str, argv: List[str], env: Dict[str, str], cwd: Optiona
     if kind == "pty":
         return PtyTransport(argv, env, cwd)
     raise ValueError(f"unknown transport {kind!r}: use 'pipe' or 'pty'")
-
-
-def kill_signals() -> List[int]:
-    """The escalation used by shutdown after stdin is closed."""
-    return [signal.SIGTERM, signal.SIGKILL]

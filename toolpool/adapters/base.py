@@ -205,6 +205,23 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SECRET_FLAG = re.compile(r"(key|token|secret|password|passwd|auth)", re.IGNORECASE)
 
 
+def check_argv(command: Sequence[str], example: str) -> List[str]:
+    """``command`` as a list, or ValueError: an argv list is never run through a shell."""
+    if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
+        raise ValueError(f"command must be a non-empty list of strings (argv), e.g. {example}")
+    return list(command)
+
+
+def encode_text(prompt: str, encoding: str) -> bytes:
+    """``prompt`` encoded, with a TypeError/ValueError that names the problem."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+    try:
+        return prompt.encode(encoding)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"prompt cannot be encoded as {encoding}: {exc}") from None
+
+
 def check_terminal_safe(text: str) -> None:
     """Raise ValueError if a terminal line discipline would act on ``text``.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import ResponseTooLarge
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Frame, Framer
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Frame, Framer, check_argv, encode_text
 
 
 class UntilExitFramer(Framer):
@@ -69,9 +69,7 @@ class CommandAdapter(Adapter):
                  name: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
                          encoding=encoding, **kwargs)
-        if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
-            raise ValueError("command must be a non-empty list of strings (argv), e.g. ['llm', '-p']")
-        self._command = list(command)
+        self._command = check_argv(command, "['llm', '-p']")
         self.ok_codes = tuple(ok_codes)
         self.suffix = suffix
         self.strip = strip
@@ -82,12 +80,8 @@ class CommandAdapter(Adapter):
         return list(self._command)
 
     def encode(self, prompt: str) -> bytes:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
-        try:
-            return (prompt + self.suffix).encode(self.encoding)
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
+        encode_text(prompt, self.encoding)  # a TypeError names the prompt, not the suffix
+        return encode_text(prompt + self.suffix, self.encoding)
 
     def new_framer(self) -> Framer:
         return UntilExitFramer(self.max_response_bytes, self.ok_codes, self.encoding, self.strip)

@@ -7,7 +7,8 @@ import signal
 from typing import List, Mapping, Optional, Pattern, Sequence, Union
 
 from ..errors import ResponseTooLarge
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer, check_terminal_safe
+from .base import (DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer, check_argv, check_terminal_safe,
+                   encode_text)
 
 PromptPattern = Union[str, Pattern[str]]
 
@@ -129,13 +130,11 @@ class ReplAdapter(Adapter):
                  stderr_tail_bytes: int = 8192, name: Optional[str] = None) -> None:
         super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
                          encoding=encoding, stderr_tail_bytes=stderr_tail_bytes, warmup=warmup)
-        if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
-            raise ValueError("command must be a non-empty list of strings (argv), e.g. ['python3', '-u', 'tool.py']")
+        self._command = check_argv(command, "['python3', '-u', 'tool.py']")
         if transport not in ("pipe", "pty"):
             raise ValueError(f"transport must be 'pipe' or 'pty', got {transport!r}")
         if settle < 0:
             raise ValueError(f"settle must be >= 0 seconds, got {settle!r}")
-        self._command = list(command)
         self.prompt = compile_prompt(prompt)
         self.transport = transport
         self.line_ending = line_ending
@@ -151,8 +150,7 @@ class ReplAdapter(Adapter):
         return list(self._command)
 
     def encode(self, prompt: str) -> bytes:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+        encode_text(prompt, self.encoding)  # type and encodability first
         prompt = prompt.replace("\r\n", "\n")
         if not self.multiline and "\n" in prompt:
             raise ValueError(
@@ -161,10 +159,7 @@ class ReplAdapter(Adapter):
             )
         if self.transport == "pty":
             check_terminal_safe(prompt)
-        try:
-            return (prompt + self.line_ending).encode(self.encoding)
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
+        return encode_text(prompt + self.line_ending, self.encoding)
 
     def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
         if self.transport == "pipe" and self.prompt.search(stderr_tail.rstrip("\n")):
