@@ -10,7 +10,7 @@ import pytest
 from toolpool import (AcquireTimeout, CommandAdapter, InstanceBusy, InstanceCrashed, PoolClosed, PoolFull,
                       ResponseTimeout, ToolProcessPool)
 
-from conftest import HERE, fake_adapter, wait_until
+from toolkit import HERE, fake_adapter, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 ONESHOT = [sys.executable, f"{HERE}/tools/oneshot.py"]

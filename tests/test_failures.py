@@ -8,7 +8,7 @@ import pytest
 from toolpool import (InstanceBusy, InstanceCrashed, InstanceUnavailable, ResponseTimeout, ResponseTooLarge, SpawnError,
                       ToolNotFoundError, ToolPoolError, ToolProcessPool, ReplAdapter)
 
-from conftest import fake_adapter, fake_cmd, marked_processes, wait_until
+from toolkit import fake_adapter, fake_cmd, marked_processes, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,7 +12,7 @@ from toolpool import ResponseTimeout
 from toolpool.prometheus import PoolCollector
 from toolpool.status import load_schema, redact_text, validation_errors
 
-from conftest import fake_adapter
+from toolkit import fake_adapter
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import pytest
 import toolpool
 from toolpool import (InstanceBusy, ReplAdapter, Response, ResponseTimeout, ToolPoolError, ToolProcessPool)
 
-from conftest import fake_adapter, fake_cmd
+from toolkit import fake_adapter, fake_cmd
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema")
 pytestmark = pytest.mark.timeout(60)

@@ -11,7 +11,7 @@ import pytest
 
 from toolpool import InstanceUnavailable, PoolClosed, ToolProcessPool
 
-from conftest import FAKETOOL, fake_adapter, marked_processes, open_fds, wait_until, zombie_children
+from toolkit import FAKETOOL, fake_adapter, marked_processes, open_fds, wait_until, zombie_children
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,7 +8,7 @@ import pytest
 
 from toolpool import InstanceCrashed, RestartPolicy, SpawnError, State, ToolProcessPool
 
-from conftest import fake_adapter, wait_until
+from toolkit import fake_adapter, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 FAST = RestartPolicy(initial=0.01, maximum=0.05, jitter=0.01, limit=3, window=30, stable_after=5)

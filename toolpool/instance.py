@@ -408,7 +408,7 @@ class Instance:
         state = self._state
         if state is State.BUSY and self._turns and self._turns[0].failed:
             return InstanceBusy(f"instance {self.index} is still discarding the rest of a failed response "
-                                "(it has not shown its prompt yet); wait, or interrupt/restart it")
+                                "(the tool has not finished it yet); wait, or interrupt/restart it")
         if state is State.BUSY:
             return InstanceBusy(f"instance {self.index} has not answered its previous prompt yet; "
                                 "read its response first, or use submit() to queue prompts")
@@ -598,7 +598,9 @@ class Instance:
                     self.served += 1
                 if not turn.failed:
                     done.append((turn.future, self._result(turn, frame), False))
-        if not self._turns and self._state is State.BUSY:
+        # A one-shot process is used up by its answer: it stays BUSY until it exits,
+        # and the pool then replaces it.
+        if not self._turns and self._state is State.BUSY and not self.adapter.oneshot:
             self._set_state(State.IDLE)
         return done
 

@@ -618,7 +618,7 @@ class ToolProcessPool:
     # ------------------------------------------------------------ elasticity
     def _grow_slot(self) -> Optional[Instance]:
         """Lock held.  A parked slot to start for waiting requests (one at a time)."""
-        if self._growing:
+        if self._growing or all(self._active):  # fixed size, or elastic at max_size
             return None
         if any(self._active[i] and s.state in (State.STARTING, State.BACKOFF) for i, s in enumerate(self._slots)):
             return None  # a process is already on its way

@@ -115,8 +115,9 @@ class Transport:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            if exc.errno == errno.EIO:  # pty whose child is gone
-                raise BrokenPipeError(errno.EPIPE, "tool terminal closed") from exc
+            # EIO: a pty whose child is gone; EBADF: stdin already closed (one-shot tools).
+            if exc.errno in (errno.EIO, errno.EBADF):
+                raise BrokenPipeError(errno.EPIPE, "tool input closed") from exc
             raise
 
     @property
@@ -200,6 +201,7 @@ class PipeTransport(Transport):
         return self._proc.poll()
 
     def close_stdin(self) -> None:
+        self._stdin_fd = -1  # a late write must fail cleanly, never reach a reused fd number
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.close()

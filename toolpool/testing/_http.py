@@ -11,6 +11,7 @@ import collections
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -165,6 +166,12 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = False  # server_close() joins handler threads: nothing outlives close()
     block_on_close = True
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+        # A client that hangs up mid-reply (an interrupted claude turn) is normal here.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, address: tuple[str, int], fake: FakeLLMServer) -> None:
         if ":" in address[0]:

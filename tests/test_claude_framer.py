@@ -1,0 +1,422 @@
+"""The claude stream-json framer and adapter, without processes.
+
+The captures in /work/shared/reference/samples/ (recorded from the real claude
+2.1.197) are replayed through the framer; a ``>>> `` line in a capture is what
+was written to claude's stdin at that point.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any, Deque, List, Optional, Tuple
+
+import pytest
+
+from toolpool.adapters.claude import (QUIET_ENV, READY_REQUEST_ID, ClaudeAdapter, ClaudeFramer, text_delta)
+from toolpool.errors import ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
+
+pytestmark = pytest.mark.timeout(30)
+
+SAMPLES = os.environ.get("TOOLPOOL_REFERENCE_SAMPLES", "/work/shared/reference/samples")
+
+
+class Driver:
+    """Plays the instance's part: each frame completes the oldest turn, errors fail it."""
+
+    def __init__(self, framer: ClaudeFramer) -> None:
+        self.framer = framer
+        self.turns: Deque[str] = collections.deque()
+        self.failed: set = set()
+        self.results: List[Tuple[str, Any]] = []  # (turn name, Frame or exception), in completion order
+        self.events: List[dict] = []
+
+    def begin(self, name: str, prompt: Optional[str]) -> None:
+        assert not self.turns, f"instance would refuse a send while {list(self.turns)} is pending"
+        self.turns.append(name)
+        self.framer.start_turn(prompt)
+
+    def feed(self, data: bytes, chunk: int = 0) -> None:
+        pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
+        for piece in pieces:
+            self._apply(self.framer.feed(piece))
+
+    def quiet(self) -> None:
+        """The settle period passed in silence (the reader thread calls on_quiet)."""
+        if self.framer.has_candidate():
+            self._apply(self.framer.on_quiet())
+
+    def exit(self) -> None:
+        self._apply(self.framer.on_exit())
+
+    def _apply(self, frames) -> None:
+        self.events += self.framer.events
+        self.framer.events = []
+        for frame in frames:
+            assert self.turns, f"a frame with no turn pending: {frame}"
+            name = self.turns[0]
+            if frame.error is not None and name not in self.failed:
+                self.failed.add(name)
+                self.results.append((name, frame.error))
+            if frame.final:
+                self.turns.popleft()
+                if name not in self.failed:
+                    self.results.append((name, frame))
+
+    def result(self, name: str) -> Any:
+        found = [r for n, r in self.results if n == name]
+        assert len(found) == 1, f"{name}: {found}"
+        return found[0]
+
+
+def replay(path: str, chunk: int = 0) -> Driver:
+    """Feed a capture through a framer, acting on its ``>>>`` stdin lines like an instance would."""
+    driver = Driver(ClaudeFramer(session=True))
+    lines = open(os.path.join(SAMPLES, path), encoding="utf-8").read().splitlines()
+    if not any(line.startswith(">>> ") for line in lines):
+        driver.begin("turn-0", "?")  # a capture of turns only: a new turn starts after each result
+    n = 0
+    for line in lines:
+        if line.startswith(">>> "):
+            sent = json.loads(line[4:])
+            if sent["type"] == "control_request" and sent["request"]["subtype"] == "initialize":
+                driver.begin("ready", None)
+            elif sent["type"] == "control_request" and sent["request"]["subtype"] == "interrupt":
+                driver.framer.interrupt_sent()
+                assert b'"interrupt"' in driver.framer.take_interrupt_request()
+            else:
+                # The instance only sends once the previous turn is over, so any
+                # settle period has passed by now.
+                driver.quiet()
+                driver.begin(sent["message"]["content"], sent["message"]["content"])
+            continue
+        # The captures used their own initialize id.
+        driver.feed((line.replace('"request_id":"init-1"', f'"request_id":"{READY_REQUEST_ID}"') + "\n").encode(),
+                    chunk)
+        if not any(line.startswith(">>> ") for line in lines) and '"type":"result"' in line[:20]:
+            n += 1
+            driver.begin(f"turn-{n}", "?")
+    return driver
+
+
+def test_one_turn_fields():
+    d = replay("claude_stream_sample.jsonl")
+    r = d.result("turn-0")
+    assert r.text == "ECHO: hello" and r.final
+    f = r.fields
+    assert f["session_id"] == "266fd9fa-4214-427d-9376-40182e951551"
+    assert f["is_error"] is False and f["num_turns"] == 1
+    assert f["cost_usd"] == pytest.approx(0.0001)
+    assert f["usage"]["output_tokens"] == 2
+    assert [e["type"] for e in f["events"]] == ["system", "assistant", "result"]
+    assert f["subtype"] == "success" and f["duration_ms"] == 196 and f["model"] == "claude-opus-4-8[1m]"
+    assert f["interrupted"] is False
+    assert r.raw.count(b"\n") == 3 and d.events == f["events"]
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 7, 4096])
+def test_two_turns_any_chunking(chunk):
+    d = replay("claude_stream_input_sample.jsonl", chunk)
+    first, second = d.result("turn-0"), d.result("turn-1")
+    assert first.text == "ECHO: first prompt" and second.text == "ECHO: second prompt"
+    assert first.fields["session_id"] == second.fields["session_id"]
+
+
+def test_partial_messages_stream_text_deltas():
+    d = replay("claude_stream_partial_sample.jsonl")
+    assert d.result("turn-0").text == "ECHO: hello"
+    assert "".join(filter(None, map(text_delta, d.events))) == "ECHO: hello"
+    assert [e["event"]["type"] for e in d.events if e["type"] == "stream_event"][:2] == \
+        ["message_start", "content_block_start"]
+    assert text_delta({"type": "assistant"}) is None
+
+
+def test_replayed_user_lines_are_not_interrupts():
+    d = replay("claude_replay_sample.jsonl")
+    assert d.result("turn-0").text == "ECHO: replay one" and d.result("turn-1").text == "ECHO: replay two"
+
+
+def test_interrupt_with_prompt_result():
+    d = replay("claude_interrupt_sample.jsonl")
+    assert d.result("ready").fields["control_response"]["subtype"] == "success"
+    slow = d.result("slow one [[sleep:4]]")
+    assert slow.fields["is_error"] is True and slow.fields["interrupted"] is True
+    assert slow.fields["subtype"] == "error_during_execution"  # ended by its own result
+    assert d.result("after interrupt").text == "ECHO: after interrupt"
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 100])
+def test_interrupt_with_late_result(chunk):
+    """The interrupted turn's result arrives only after the next prompt: it must not end that turn."""
+    d = replay("claude_interrupt_delayed_result_sample.jsonl", chunk)
+    slow = d.result("slow one [[sleep:4]]")
+    assert slow.fields["is_error"] is True and slow.fields["interrupted"] is True
+    assert slow.fields["subtype"] == "interrupted" and slow.text == ""
+    after = d.result("after interrupt")
+    assert after.text == "ECHO: after interrupt" and after.fields["is_error"] is False
+    assert [e["type"] for e in after.fields["events"]] == ["system", "assistant", "result"]
+    # the late result reached no turn's callback
+    assert sum(1 for e in d.events if e["type"] == "result") == 1
+    assert not d.turns
+
+
+def _line(obj: dict) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+INIT = _line({"type": "system", "subtype": "init", "session_id": "s1", "model": "m"})
+MARKER = _line({"type": "user", "message": {"role": "user", "content": [
+    {"type": "text", "text": "[Request interrupted by user]"}]}})
+ERR_RESULT = _line({"type": "result", "subtype": "error_during_execution", "is_error": True, "num_turns": 1,
+                    "session_id": "s1"})
+
+
+def ok_result(text: str) -> bytes:
+    return _line({"type": "result", "subtype": "success", "is_error": False, "result": text, "session_id": "s1",
+                  "total_cost_usd": 0.5, "usage": {"output_tokens": 1}, "num_turns": 1})
+
+
+def assistant(text: str) -> bytes:
+    return _line({"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}})
+
+
+def interrupted_driver() -> Driver:
+    d = Driver(ClaudeFramer())
+    d.begin("slow", "slow")
+    d.feed(INIT + assistant("partial ans"))
+    d.framer.interrupt_sent()
+    d.feed(_line({"type": "control_response", "response": {"subtype": "success", "request_id": "x"}}) + MARKER)
+    assert d.framer.has_candidate() and d.turns
+    d.quiet()
+    assert not d.turns
+    return d
+
+
+def test_late_result_between_turns_is_discarded():
+    d = interrupted_driver()
+    slow = d.result("slow")
+    assert slow.text == "partial ans" and slow.fields["interrupted"] and slow.fields["session_id"] == "s1"
+    assert [e["type"] for e in slow.fields["events"]] == ["system", "assistant", "control_response", "user"]
+    assert d.events == slow.fields["events"]  # what streamed is what the Response holds
+    d.feed(ERR_RESULT)  # late, with no turn pending
+    d.begin("next", "next")
+    d.feed(INIT + assistant("hi") + ok_result("hi"))
+    assert d.result("next").text == "hi"
+
+
+def test_result_that_never_comes_does_not_eat_the_next_one():
+    d = interrupted_driver()
+    d.begin("next", "next")
+    d.feed(INIT + ok_result("mine"))  # no late result: system/init cleared the debt
+    assert d.result("next").text == "mine"
+
+
+def test_interrupt_is_only_queued_for_a_prompt_turn():
+    f = ClaudeFramer()
+    f.start_turn(None)
+    f.interrupt_sent()
+    assert f.take_interrupt_request() == b""
+    f.start_turn("p")
+    f.interrupt_sent()
+    f.interrupt_sent()
+    data = f.take_interrupt_request()
+    requests = [json.loads(line) for line in data.splitlines()]
+    assert [r["request"]["subtype"] for r in requests] == ["interrupt", "interrupt"]
+    assert requests[0]["request_id"] != requests[1]["request_id"]
+    assert f.take_interrupt_request() == b""
+
+
+def test_interrupt_after_the_result_is_harmless():
+    d = Driver(ClaudeFramer())
+    d.begin("p", "p")
+    d.feed(INIT + ok_result("done"))
+    d.framer.interrupt_sent()  # too late: nothing to cancel
+    assert d.framer.take_interrupt_request() == b""
+    d.feed(_line({"type": "control_response", "response": {"subtype": "success", "request_id": "i"}}))
+    assert d.result("p").fields["interrupted"] is False and not d.framer.has_candidate()
+
+
+def test_non_json_line_fails_the_request_and_framing_goes_on():
+    d = Driver(ClaudeFramer())
+    d.begin("p", "p")
+    d.feed(INIT + b"Warning: something odd\n" + assistant("x"))
+    err = d.result("p")
+    assert isinstance(err, ProtocolError) and "not a stream-json object" in str(err)
+    assert "Warning: something odd" in str(err)
+    assert d.turns == collections.deque(["p"])  # still busy until the result
+    d.feed(ok_result("x"))
+    assert not d.turns
+    d.begin("q", "q")
+    d.feed(INIT + ok_result("fine"))
+    assert d.result("q").text == "fine"
+
+
+@pytest.mark.parametrize("chunk", [0, 100])
+def test_over_long_line(chunk):
+    d = Driver(ClaudeFramer(max_line_bytes=1024))
+    d.begin("p", "p")
+    d.feed(INIT + b'{"type":"assistant","junk":"' + b"x" * 5000 + b'"}\n' + ok_result("after"), chunk)
+    err = d.result("p")
+    assert isinstance(err, ProtocolError) and "max_line_bytes=1024" in str(err)
+    assert '{"type":"assistant","junk":"xxx' in str(err)
+    assert not d.turns  # the result after the long line still ended the turn
+
+
+def test_output_with_no_turn_is_ignored():
+    d = Driver(ClaudeFramer())
+    d.feed(b"garbage\n" + INIT + _line({"type": "control_response", "response": {"request_id": "zz"}}))
+    assert d.results == [] and d.events == []
+
+
+def test_readiness():
+    d = Driver(ClaudeFramer())
+    d.begin("ready", None)
+    d.feed(_line({"type": "control_response", "response": {"subtype": "success", "request_id": "other"}}))
+    assert d.turns
+    d.feed(_line({"type": "control_response", "response": {"subtype": "success", "request_id": READY_REQUEST_ID}}))
+    assert not d.turns and d.result("ready").error is None
+
+
+def test_garbage_during_readiness_fails_the_start():
+    d = Driver(ClaudeFramer())
+    d.begin("ready", None)
+    d.feed(b"Usage: something-else [options]\n")
+    err = d.result("ready")
+    assert isinstance(err, SpawnError) and "Usage: something-else" in str(err) and "Claude Code" in str(err)
+
+
+def test_readiness_failures():
+    d = Driver(ClaudeFramer())
+    d.begin("ready", None)
+    d.feed(_line({"type": "result", "subtype": "error_during_execution", "is_error": True,
+                  "errors": ["No conversation found with session ID: abc"]}))
+    err = d.result("ready")
+    assert isinstance(err, SpawnError) and "No conversation found" in str(err) and not d.turns
+    d.begin("ready2", None)
+    d.feed(_line({"type": "control_response", "response": {"subtype": "error", "request_id": READY_REQUEST_ID,
+                                                           "error": "nope"}}))
+    assert isinstance(d.result("ready2"), SpawnError)
+
+
+def test_response_too_large():
+    d = Driver(ClaudeFramer(max_bytes=2048))
+    d.begin("p", "p")
+    d.feed(INIT + b"".join(assistant("y" * 500) for _ in range(6)))
+    assert isinstance(d.result("p"), ResponseTooLarge) and d.turns
+    d.feed(ok_result("end"))
+    assert not d.turns
+
+
+def test_exit_flushes_a_last_line_without_newline():
+    d = Driver(ClaudeFramer(session=False))
+    d.begin("p", "p")
+    d.feed(INIT + ok_result("last").rstrip(b"\n"))
+    assert d.turns
+    d.exit()
+    assert d.result("p").text == "last"
+
+
+def test_oneshot_exit():
+    d = Driver(ClaudeFramer(session=False))
+    d.begin("p", "p")
+    d.feed(INIT)
+    d.exit()
+    assert d.turns  # no result and no interrupt: the instance reports InstanceCrashed
+    d.framer.interrupt_sent()
+    assert d.framer.take_interrupt_request() == b""  # oneshot interrupts by SIGINT
+    d.exit()
+    r = d.result("p")
+    assert r.fields["interrupted"] is True and r.fields["is_error"] is True
+
+
+# -- adapter ---------------------------------------------------------------------------------
+
+
+def test_encode_session_line_is_one_json_line():
+    a = ClaudeAdapter(cli_path="/bin/true")
+    data = a.encode("two\nlines \u2028 ünï")
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert json.loads(data) == {"type": "user", "message": {"role": "user", "content": "two\nlines \u2028 ünï"}}
+    with pytest.raises(TypeError):
+        a.encode(b"bytes")  # type: ignore[arg-type]
+
+
+def test_encode_oneshot():
+    a = ClaudeAdapter(cli_path="/bin/true", mode="oneshot")
+    assert a.oneshot and a.ready_on_spawn and a.handshake() is None
+    assert a.encode("hi\nthere") == b"hi\nthere"
+    with pytest.raises(ValueError, match="empty"):
+        a.encode("  \n")
+
+
+def test_command_lines():
+    a = ClaudeAdapter(cli_path="/bin/true", model="m", permission_mode="plan", allowed_tools=["Read", "Bash(git *)"],
+                      system_prompt="be brief", resume="abc", include_partial_messages=True,
+                      no_session_persistence=True, extra_args=["--effort", "low"])
+    assert a.command(0) == ["/bin/true", "-p", "--input-format", "stream-json", "--output-format", "stream-json",
+                            "--verbose", "--model", "m", "--permission-mode", "plan", "--allowedTools",
+                            "Read,Bash(git *)", "--system-prompt", "be brief", "--resume", "abc",
+                            "--include-partial-messages", "--no-session-persistence", "--effort", "low"]
+    assert json.loads(a.handshake())["request"]["subtype"] == "initialize"
+    one = ClaudeAdapter(cli_path="/bin/true", mode="oneshot")
+    assert one.command(3) == ["/bin/true", "-p", "--output-format", "stream-json", "--verbose"]
+    with pytest.raises(ValueError, match="mode"):
+        ClaudeAdapter(mode="chat")
+
+
+def test_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLAUDECODE", "1")
+    monkeypatch.setenv("CLAUDE_CODE_ENTRYPOINT", "cli")
+    a = ClaudeAdapter(cli_path="/bin/true", env={"ANTHROPIC_API_KEY": "sk-secret-123", "DISABLE_TELEMETRY": "0"},
+                      max_retries=0)
+    try:
+        e0, e1 = a.environment(0), a.environment(1)
+        assert "CLAUDECODE" not in e0 and "CLAUDE_CODE_ENTRYPOINT" not in e0
+        assert e0["DISABLE_TELEMETRY"] == "0"  # the caller's env wins
+        assert all(e0[k] == v for k, v in QUIET_ENV.items() if k != "DISABLE_TELEMETRY")
+        assert e0["CLAUDE_CODE_MAX_RETRIES"] == "0" and e0["ANTHROPIC_API_KEY"] == "sk-secret-123"
+        assert e0["CLAUDE_CONFIG_DIR"] != e1["CLAUDE_CONFIG_DIR"]
+        assert os.path.isdir(e0["CLAUDE_CONFIG_DIR"]) and a.environment(0) == e0  # stable across restarts
+        assert "sk-secret" not in json.dumps(a.describe())
+    finally:
+        a.close()
+    assert not os.path.exists(e0["CLAUDE_CONFIG_DIR"])
+
+    b = ClaudeAdapter(cli_path="/bin/true", config_dir=str(tmp_path))
+    assert b.environment(2)["CLAUDE_CONFIG_DIR"] == str(tmp_path / "slot-2")
+    b.close()
+    assert (tmp_path / "slot-2").is_dir()  # the caller's directory is kept
+    with pytest.raises(ValueError, match="config_dir"):
+        ClaudeAdapter(env={"CLAUDE_CONFIG_DIR": "/tmp/x"})
+
+
+def test_missing_executable_hint(tmp_path):
+    with pytest.raises(ToolNotFoundError, match="npm install @anthropic-ai/claude-code"):
+        ClaudeAdapter(env={"PATH": str(tmp_path)}).command(0)
+    with pytest.raises(ToolNotFoundError, match="npm install @anthropic-ai/claude-code"):
+        ClaudeAdapter(cli_path=str(tmp_path / "nope")).command(0)
+    assert ClaudeAdapter(env={"PATH": str(tmp_path)}).describe()["command"][0] == "claude"
+
+
+def test_probe_observe_diagnose():
+    a = ClaudeAdapter(cli_path="/bin/true", resume_on_restart=True)
+    assert json.loads(a.liveness_probe())["request"]["subtype"] == "initialize"
+    assert "--resume" not in a.command(0)
+
+    class R:
+        session_id = "sess-1"
+
+    a.observe(0, R())
+    assert a.command(0)[-2:] == ["--resume", "sess-1"] and "--resume" not in a.command(1)
+    assert "initialize" in a.diagnose("", "")
+    assert ClaudeAdapter(cli_path="/bin/true", mode="oneshot").liveness_probe() is None
+    with pytest.raises(ValueError, match="resume_on_restart"):
+        ClaudeAdapter(cli_path="/bin/true", mode="oneshot", resume_on_restart=True)
+
+
+def test_pool_reports_a_missing_claude(tmp_path):
+    from toolpool import ToolProcessPool
+
+    with pytest.raises(ToolNotFoundError, match="npm install @anthropic-ai/claude-code"):
+        ToolProcessPool(ClaudeAdapter(env={"PATH": str(tmp_path)}), 1)
