@@ -1,0 +1,60 @@
+"""The benchmark programs run (``--quick``), exit 0 and print their ratio lines.
+
+These check that the benchmarks work, never how fast anything is: speed is
+judged by reading their output on a quiet machine (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+pytestmark = pytest.mark.slow  # the hygiene fixture still checks that no tool process is left behind
+
+RATIO = r"\d+\.\d+x"
+
+
+def run(script: str) -> str:
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"{script} --quick exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def assert_lines(out: str, *patterns: str) -> None:
+    for pattern in patterns:
+        assert re.search(pattern, out, re.MULTILINE), f"no line matching {pattern!r} in:\n{out}"
+
+
+@pytest.mark.timeout(300)
+def test_roundtrip_quick() -> None:
+    out = run("roundtrip.py")
+    assert_lines(
+        out,
+        rf"^ratio pool\.ask/raw p50: {RATIO} .*target <= 1\.5x: (MET|MISSED)",
+        rf"^ratio pool\.ask/threaded p50: {RATIO}",
+        r"^hand-over: pool\.ask returned [\d.]+ us \(p50\)",
+        rf"^ratio pool\.ask\(pty\)/pexpect p50: {RATIO}|^pty: skipped",
+        r"^idle CPU of a \d+-instance pool: [\d.]+% of one core",
+    )
+
+
+@pytest.mark.timeout(300)
+def test_prewarm_quick() -> None:
+    out = run("prewarm.py")
+    assert_lines(
+        out,
+        rf"^ratio one-shot warm/cold p50: {RATIO} .*target < 0\.25x: (MET|MISSED)",
+        r"^one-shot warm acquire \(Response\.timings\.acquire\): p50 [\d.]+ us",
+        r"^\(a'\) real claude -p: skipped",  # --quick never drives the real claude
+        rf"^ratio start 8/1: {RATIO} \(target <= 1\.5x: (MET|MISSED)\)",
+        rf"^ratio throughput pool\.submit/executor: {RATIO}",
+        r"^overhead per request of pool\.submit: -?[\d.]+ us wall",
+    )
