@@ -611,11 +611,13 @@ class Instance:
         timings = turn.timings or Timings()
         timings.first_byte = None if turn.first_byte_at is None else turn.first_byte_at - turn.sent_at
         timings.total = timings.queued + timings.acquire + (now - turn.sent_at)
-        extra = {k: v for k, v in frame.fields.items() if k in _RESPONSE_FIELDS}
-        meta = {k: v for k, v in frame.fields.items() if k not in _RESPONSE_FIELDS}
         response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=now - turn.sent_at,
-                            prompt=turn.prompt, timings=timings, **extra)
-        response.meta.update(meta)
+                            prompt=turn.prompt, timings=timings)
+        for key, value in frame.fields.items():  # usually empty for REPLs
+            if key in _RESPONSE_FIELDS:
+                setattr(response, key, value)
+            else:
+                response.meta[key] = value
         self.adapter.observe(self.index, response)
         return response
 

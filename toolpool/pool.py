@@ -678,12 +678,18 @@ class ToolProcessPool:
         return inst
 
     def _unclaim(self, inst: Instance) -> None:
+        """Give up a by-index claim once nothing of the caller's is left on ``inst``."""
         if inst.has_unread() or inst.state is State.BUSY:
             return
         with self._lock:
-            if self._owner[inst.index] == "index":
-                self._owner[inst.index] = None
-        self._dispatch()
+            if self._owner[inst.index] != "index":
+                return
+            self._owner[inst.index] = None
+            waiting = bool(self._waiting)
+        # Released under the lock first, so a request queued from now on finds the
+        # instance free when it dispatches itself; only earlier ones need us.
+        if waiting:
+            self._dispatch()
 
     def _queue_for(self, index: int) -> MessageQueue:
         inst = self._claim(index)
@@ -723,9 +729,16 @@ class ToolProcessPool:
             self._unclaim(inst)
 
     def ask(self, index: int, prompt: str, timeout: Optional[float] = None, **kwargs: Any) -> Response:
-        """:meth:`send_prompt` then :meth:`read_response` on instance ``index``."""
-        self.send_prompt(index, prompt, **kwargs)
-        return self.read_response(index, timeout)
+        """:meth:`send_prompt` then wait at most ``timeout`` seconds for that prompt's response.
+
+        On :class:`ResponseTimeout` the response stays pending for a later
+        :meth:`read_response`.
+        """
+        inst = self._claim(index)
+        try:
+            return inst.ask(prompt, timeout, **kwargs)
+        finally:
+            self._unclaim(inst)
 
     def interrupt(self, index: int) -> bool:
         """Ask instance ``index`` to cancel its current turn (False if idle)."""
