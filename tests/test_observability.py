@@ -57,6 +57,7 @@ def test_one_log_line_per_spawn_exit_restart_timeout(make_pool, caplog):
     with pytest.raises(Exception):
         pool.submit("crash 3").result(30)
     pool.restart_instance(0)
+    assert pool.ask(0, "hi", timeout=10).text == "you said: hi"
     with pytest.raises(ResponseTimeout):
         pool.read_response(0, timeout=0.05) if pool.send_prompt(0, "sleep 0.5") else None
     messages = [r for r in caplog.records if r.name.startswith("toolpool")]
@@ -67,6 +68,8 @@ def test_one_log_line_per_spawn_exit_restart_timeout(make_pool, caplog):
     assert exited and exited[0].exit_code == 3
     assert timeouts and timeouts[0].timeout == 0.05
     assert any("restarting" in r.getMessage() for r in messages)
+    answered = [r for r in messages if "answered in" in r.getMessage()]
+    assert answered and set(answered[0].timings) >= {"queued", "acquire", "spawn", "first_byte", "total", "warm"}
 
 
 def test_dump_status_is_atomic_private_valid_and_redacted(make_pool, tmp_path, monkeypatch):

@@ -619,6 +619,12 @@ class Instance:
             else:
                 response.meta[key] = value
         self.adapter.observe(self.index, response)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("instance %d answered in %.6fs (queued %.6fs, spawn %.6fs, first byte %s, %s)", self.index,
+                      timings.total, timings.queued, timings.spawn,
+                      "-" if timings.first_byte is None else f"{timings.first_byte:.6f}s",
+                      "warm" if timings.warm else "cold",
+                      extra={"instance": self.index, "timings": timings.as_dict()})
         return response
 
     def _take_turns(self, error: BaseException) -> List[Completion]:
