@@ -516,7 +516,10 @@ class Instance:
             events, proc.framer.events = proc.framer.events, []
             quiet = proc.framer.settle if proc.framer.has_candidate() else None
             waiters = self._take_idle_waiters()
+            cancel, proc.framer.wants_interrupt = proc.framer.wants_interrupt, False
         self._deliver(events, head, done)
+        if cancel:
+            self.interrupt()
         for waiter in waiters:
             waiter()
         return quiet

@@ -74,6 +74,10 @@ class Framer:
     settle: float = 0.0
     #: The process's exit code, set by the instance just before ``on_exit()``.
     exit_code: Optional[int] = None
+    #: Set by ``feed`` to have the instance interrupt the turn in progress
+    #: (through ``Adapter.interrupt``) once the frames are delivered: for a tool
+    #: that went astray after its answer already failed (aider retrying a dead server).
+    wants_interrupt: bool = False
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_bytes = max_bytes

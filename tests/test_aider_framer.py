@@ -1,0 +1,418 @@
+"""AiderAdapter's encoding and framing, without a process: real aider output replayed.
+
+The captures in /work/shared/reference/samples (aider 0.86.2 over pipes) are
+used when present; the same bytes are also inlined where a test depends on them.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import time
+from typing import List, Optional, Tuple
+
+import pytest
+
+from toolpool.adapters import AiderAdapter, aider
+from toolpool.adapters.aider import (AiderApiError, AiderCommand, AiderFramer, aider_command,
+                                     encode_prompt, parse_output)
+from toolpool.adapters.base import Control, Frame
+from toolpool.errors import ResponseTooLarge
+
+SAMPLES = "/work/shared/reference/samples"
+
+
+def framer(**kw) -> AiderFramer:
+    kw.setdefault("settle", 0.15)
+    return AiderFramer(**kw)
+
+
+def run(f: AiderFramer, chunks: List[bytes]) -> List[Frame]:
+    """Feed chunks; when the output ends like a response, let the quiet period pass."""
+    frames: List[Frame] = []
+    for chunk in chunks:
+        frames += f.feed(chunk)
+    if f.has_candidate():
+        frames += f.on_quiet()
+    return frames
+
+
+def turn(f: AiderFramer, prompt: Optional[str], *chunks: bytes) -> List[Frame]:
+    f.start_turn(prompt)
+    return run(f, list(chunks))
+
+
+def ready(f: AiderFramer, prompt_line: bytes = b"> ") -> None:
+    frames = turn(f, None, b"\nAider v0.86.2\nModel: openai/fake-model with whole edit format\n\n" + prompt_line)
+    assert len(frames) == 1 and frames[0].error is None
+
+
+def load_transcript(name: str) -> List[Tuple[str, Optional[str], List[bytes]]]:
+    """[(label, typed text, output chunks)] per driver SEND mark of a sample transcript."""
+    path = os.path.join(SAMPLES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"sample {path} not available")
+    turns: List[Tuple[str, Optional[str], List[bytes]]] = [("startup", None, [])]
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split(" ", 3)
+            if line.startswith("## ") and len(parts) == 4 and parts[2] == "SEND":
+                label, typed = parts[3].split(" ", 1)
+                turns.append((label, ast.literal_eval(typed), []))
+            elif len(parts) >= 3 and parts[1] == "out":
+                turns[-1][2].append(ast.literal_eval(line.split(" ", 2)[2]))
+    return turns
+
+
+# -- encoding ------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt, typed", [
+    ("hello there", "hello there"),
+    ("/ls is text", " /ls is text"),  # aider runs input starting with / or ! as a command
+    ("!rm -rf /", " !rm -rf /"),
+    ("line one\nline two", "{tp\nline one\nline two\ntp}"),
+    ("a\r\nb", "{tp\na\nb\ntp}"),
+    ("/first\nsecond", "{tp\n /first\nsecond\ntp}"),  # only the message's first character counts
+    ("{abc", "{tp\n{abc\ntp}"),  # a lone "{abc" line would open a block tagged "abc"
+    ("\r{x", "{tp\n\r{x\ntp}"),  # aider strips \r before looking for "{"
+    ("{json}", "{tp\n{json}\ntp}"),
+    ("x\ntp}\ny", "{tp1\nx\ntp}\ny\ntp1}"),  # the closing tag never occurs in the message
+    ("x\ntp}\ntp1}", "{tp2\nx\ntp}\ntp1}\ntp2}"),
+    (" {indented", " {indented"),
+])
+def test_encode_prompt(prompt, typed):
+    assert encode_prompt(prompt) == typed
+    assert AiderAdapter().encode(prompt) == (typed + "\n").encode()
+
+
+def test_commands_are_typed_as_is():
+    assert aider_command("/add", "calc.py") == "/add calc.py"
+    assert aider_command("add", "calc.py") == AiderCommand("/add calc.py")
+    assert isinstance(aider_command("/ls"), str)
+    assert encode_prompt(AiderCommand("!make test")) == "!make test"
+    assert AiderAdapter().encode(aider_command("/tokens")) == b"/tokens\n"
+    assert AiderAdapter().warmup_prompts() == ["/tokens"]
+    assert AiderAdapter(warmup=False).warmup_prompts() == []
+    for bad in ("ls", "/add a\nb", "", "/x\r"):
+        with pytest.raises(ValueError):
+            AiderCommand(bad)
+
+
+def test_unsendable_prompts():
+    with pytest.raises(ValueError, match="empty prompt"):
+        AiderAdapter().encode("")
+    with pytest.raises(TypeError):
+        AiderAdapter().encode(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        AiderAdapter(encoding="ascii").encode("café")
+
+
+# -- the reference transcript --------------------------------------------------------------
+def test_pipe_transcript_replayed():
+    f = framer()
+    texts = {}
+    for label, typed, chunks in load_transcript("aider_pipe_transcript.txt"):
+        prompt = None if typed is None else typed.rstrip("\n")
+        if prompt and prompt.startswith("/"):
+            prompt = AiderCommand(prompt)
+        elif prompt == "{\nline one\nline two\n}":
+            prompt = "line one\nline two"  # what the adapter types as "{tp ... tp}": as many lines
+        f.start_turn(prompt)
+        if label == "slow":
+            f.interrupt_sent()
+        frames = run(f, chunks)
+        assert len(frames) == 1 and frames[0].error is None, label
+        texts[label] = frames[0]
+    assert texts["ls"].text == "Repo files not in the chat:\n\n  README.md\n  calc.py"
+    assert texts["add"].text == "Added calc.py to the chat" and texts["add"].fields["files"] == ["calc.py"]
+    hello = texts["prompt1"]
+    assert hello.text == "ECHO: hello there"
+    assert (hello.fields["tokens_sent"], hello.fields["tokens_received"]) == (733, 5)
+    assert hello.fields["files"] == ["calc.py"] and hello.fields["mode"] == ""
+    assert hello.raw == b"\nECHO: hello there\nTokens: 733 sent, 5 received.\n\ncalc.py\n"
+    multi = texts["multiline"]
+    assert multi.text == "ECHO: line one" and multi.raw.startswith(b"> > > \n")
+    # aider's note about the mentioned file cannot be told apart from the reply
+    assert texts["mention"].text == "README.md\nECHO: please look at README.md"
+    assert texts["mention"].fields["files"] == ["README.md", "calc.py"]
+    assert texts["slow"].text == "" and texts["slow"].fields["interrupted"] is True
+    assert texts["slow"].fields["is_error"] is True and "is_error" not in hello.fields
+    assert texts["after-interrupt"].text == "ECHO: after interrupt"
+
+
+def load_probe(name: str) -> List[Tuple[str, List[bytes]]]:
+    """[(typed text, output chunks)] of a probe capture (``t >>> 'typed'`` / ``t b'out'`` lines)."""
+    path = os.path.join(SAMPLES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"sample {path} not available")
+    turns: List[Tuple[str, List[bytes]]] = []
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split(" ", 2)
+            if len(parts) == 3 and parts[1] == ">>>":
+                turns.append((ast.literal_eval(parts[2]), []))
+            elif turns and len(parts) >= 2 and parts[1][:2] in ("b'", 'b"'):
+                turns[-1][1].append(ast.literal_eval(line.split(" ", 1)[1]))
+    return turns  # the capture starts mid-turn: output before the first ">>>" is dropped
+
+
+def test_multiline_probe_transcript_commands():
+    f = framer()
+    ready(f)
+    texts = []
+    for typed, chunks in load_probe("aider_multiline_probe.txt"):
+        if typed == "<EOF>":
+            continue
+        if typed.startswith("{tp\n"):  # a block whose first line starts with "/": aider ran /ls
+            prompt: str = typed[4:-5]
+        else:
+            prompt = AiderCommand(typed.rstrip("\n"))
+        frames = turn(f, prompt, *chunks)
+        assert len(frames) == 1 and frames[0].error is None, typed
+        texts.append(frames[0].text)
+    assert texts[0].startswith("Approximate context window usage for openai/fake-model, in tokens:\n\n$ 0.0000")
+    assert texts[0].endswith("128,000 tokens max context window size")
+    assert texts[1] == "Repo files not in the chat:\n\n  README.md\n  calc.py"
+    assert texts[2] == "shell-bang\nAdded 1 line of output to the chat."
+
+
+# -- framing details ---------------------------------------------------------------------
+def test_continuation_prompts_split_across_reads_are_skipped():
+    f = framer()
+    ready(f, b"notes.txt\nask> ")
+    f.start_turn("a\nb")  # typed as 4 lines: 3 continuation prompts "ask> "
+    out = b"ask> ask> ask> \nECHO: a\nTokens: 1.2k sent, 12k received.\n\nnotes.txt\nask> "
+    frames: List[Frame] = []
+    for i in range(len(out)):  # one byte at a time
+        frames += f.feed(out[i:i + 1])
+        assert not (f.has_candidate() and i < len(out) - 1), f"false end at byte {i}"
+    frames += f.on_quiet()
+    assert [fr.text for fr in frames] == ["ECHO: a"]
+    assert frames[0].fields["mode"] == "ask" and frames[0].fields["files"] == ["notes.txt"]
+    assert (frames[0].fields["tokens_sent"], frames[0].fields["tokens_received"]) == (1200, 12000)
+    assert frames[0].raw.startswith(b"ask> ask> ask> \n")
+
+
+def test_a_message_needs_longer_quiet_until_its_usage_line():
+    f = framer(settle=0.15, unconfirmed_settle=1.0)
+    ready(f)
+    f.start_turn("quote something")
+    assert f.feed(b"\n> quoted line\n\n> ") == []
+    assert f.has_candidate() and f.settle == 1.0  # a reply line "> " may just be a pause in the stream
+    assert f.feed(b"more\nTokens: 9 sent, 3 received.\n\n> ") == []
+    assert f.has_candidate() and f.settle == 0.15
+    [frame] = f.on_quiet()
+    assert frame.text == "> quoted line\n\n> more"
+    f.start_turn(AiderCommand("/ls"))
+    f.feed(b"\nnothing\n\n> ")
+    assert f.settle == 0.15  # commands print no usage line
+
+
+def test_settle_zero_cuts_at_once_once_confirmed():
+    f = framer(settle=0.0, unconfirmed_settle=0.5)
+    ready(f)
+    f.start_turn("hi")
+    assert f.feed(b"\nECHO: hi\n") == []
+    [frame] = f.feed(b"Tokens: 5 sent, 2 received.\n\n> ")
+    assert frame.text == "ECHO: hi"
+
+
+def test_cost_cache_and_several_model_calls():
+    raw = ("\nfirst reply\nTokens: 2.5k sent, 1.0k cache write, 10 received. Cost: $0.0042 message, $0.01 session.\n"
+           "\ncalc.py\nsecond reply\nTokens: 3 sent, 4 cache hit, 5 received.\nCost: $0.10 message, $0.11 session.\n"
+           "Applied edit to calc.py\n\nREADME.md (read only)\ncalc.py\n")
+    text, fields, error = parse_output(raw, "diff> ")
+    assert error is None
+    assert text == "first reply\n\ncalc.py\nsecond reply\nApplied edit to calc.py"
+    assert fields["tokens_sent"] == 2503 and fields["tokens_received"] == 15 and fields["model_calls"] == 2
+    assert fields["cost_usd"] == pytest.approx(0.1042) and fields["session_cost_usd"] == 0.11
+    assert fields["files"] == ["README.md", "calc.py"] and fields["read_only_files"] == ["README.md"]
+    assert fields["mode"] == "diff"
+
+
+def test_reply_whitespace_kept_inside_blank_lines_trimmed():
+    text, _, _ = parse_output("\n\n  indented\n\n\nafter blanks  \n\n\nTokens: 8 sent, 7 received.\n\n")
+    assert text == "  indented\n\n\nafter blanks  "
+    text, fields, _ = parse_output("\n\n\n")
+    assert text == "" and fields["files"] == [] and "tokens_sent" not in fields
+
+
+def test_api_error_without_reply_fails_the_turn():
+    f = framer()
+    ready(f)
+    frames = turn(f, "who am i", b"\n", b"litellm.AuthenticationError: AuthenticationError: OpenAIException - "
+                  b"injected \nerror 401\n", b"The API provider is not able to authenticate you. Check your API "
+                  b"key.\n", b"\n", b"\n", b"> ")
+    assert len(frames) == 1 and frames[0].final
+    err = frames[0].error
+    assert isinstance(err, AiderApiError) and not err.retrying
+    assert err.detail == ("litellm.AuthenticationError: AuthenticationError: OpenAIException - injected error 401 "
+                          "The API provider is not able to authenticate you. Check your API key.")
+    # ...but a reply that merely quotes such a line is a reply
+    frames = turn(f, "quote", b"\nlitellm.BadRequestError: is a class\nTokens: 5 sent, 6 received.\n\n> ")
+    assert frames[0].error is None and frames[0].text == "litellm.BadRequestError: is a class"
+
+
+def test_retrying_fails_early_and_the_rest_is_discarded():
+    f = framer(max_api_retries=1)
+    ready(f)
+    f.start_turn("anyone there")
+    err_block = (b"litellm.InternalServerError: InternalServerError: OpenAIException - Connection \nerror.\n"
+                 b"The API provider's servers are down or overloaded.\n")
+    assert f.feed(b"\n" + err_block + b"Retrying in 0.2 seconds...\n") == []  # one retry tolerated
+    [early] = f.feed(err_block + b"Retrying in 0.5 seconds...\n")
+    assert early.final is False and isinstance(early.error, AiderApiError) and early.error.retrying
+    assert "Connection error. The API provider's servers are down" in str(early.error)
+    assert "unless interrupted" in str(early.error)
+    assert f.feed(err_block + b"Retrying in 1.0 seconds...\n") == []  # reported once
+    f.interrupt_sent()
+    [last] = run(f, [b"\n\n^C again to exit\n", b"\n", b"\n", b"> "])
+    assert last.final and last.fields["interrupted"] is True  # the instance discards it: the turn failed
+
+
+def test_max_api_retries_none_waits_for_aider():
+    f = framer(max_api_retries=None)
+    ready(f)
+    f.start_turn("x")
+    assert f.feed(b"\nlitellm.APIError: boom\nRetrying in 0.2 seconds...\n" * 5) == []
+
+
+def test_late_interrupt_notice_is_not_the_next_answer():
+    f = framer()
+    ready(f)
+    f.start_turn("quick")
+    f.interrupt_sent()  # ...but the SIGINT reaches aider only after the reply was complete
+    [first] = run(f, [b"\nECHO: quick\nTokens: 5 sent, 2 received.\n\n> "])
+    assert first.text == "ECHO: quick" and first.fields["interrupted"] is False
+    f.start_turn("next\nlines")  # 3 continuation prompts, printed after the late notice
+    assert run(f, [b"\n\n^C again to exit\n\n> "]) == [] and f.in_turn  # not the answer to "next"
+    frames = run(f, [b"> > > \nECHO: next\nTokens: 5 sent, 2 received.\n\n> "])
+    assert [fr.text for fr in frames] == ["ECHO: next"]
+
+
+def test_overflow_is_reported_and_the_rest_discarded():
+    f = AiderFramer(max_bytes=2048, settle=0.0)
+    ready(f)
+    f.start_turn("big")
+    frames = f.feed(b"\n" + b"x" * 3000 + b"\n")
+    assert len(frames) == 1 and isinstance(frames[0].error, ResponseTooLarge) and not frames[0].final
+    frames = run(f, [b"Tokens: 1 sent, 2 received.\n\n> "])
+    assert len(frames) == 1 and frames[0].final
+
+
+# -- interrupt ------------------------------------------------------------------------------
+class Signals:
+    def __init__(self, f: AiderFramer) -> None:
+        self.sent: List[Tuple[float, int]] = []
+        self.control = Control(lambda data: None, self.signal, lambda sig: True, f)
+
+    def signal(self, sig: int) -> bool:
+        self.sent.append((time.monotonic(), sig))
+        return True
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_interrupt_sends_one_sigint_and_spaces_them(monkeypatch):
+    monkeypatch.setattr(aider, "SIGINT_SPACING", 0.5)  # 2.5 s in real use
+    adapter = AiderAdapter()
+    f = framer()
+    ready(f)
+    sig = Signals(f)
+    f.start_turn("slow")
+    f.interrupt_sent()
+    adapter.interrupt(sig.control)
+    adapter.interrupt(sig.control)  # a second request right away is held back...
+    assert [s for _, s in sig.sent] == [signal.SIGINT]
+    run(f, [b"\n\n^C again to exit\n\n> "])
+    f.start_turn("slow again")
+    f.interrupt_sent()
+    adapter.interrupt(sig.control)  # ...and so is one for the next turn, until the spacing has passed
+    assert len(sig.sent) == 1
+    assert wait_for(lambda: len(sig.sent) == 2, 5.0)
+    assert sig.sent[1][0] - sig.sent[0][0] >= 0.5
+    time.sleep(0.2)
+    assert len(sig.sent) == 2  # the held-back request of the first turn was dropped
+
+
+def test_no_sigint_once_the_turn_is_over():
+    adapter = AiderAdapter()
+    f = framer(settle=0.3)
+    ready(f)
+    sig = Signals(f)
+    f.start_turn("fast")
+    f.feed(b"\nECHO: fast\nTokens: 5 sent, 2 received.\n\n> ")
+    assert f.has_candidate()
+    adapter.interrupt(sig.control)  # the prompt is showing: wait for the quiet period first
+    assert sig.sent == []
+    f.on_quiet()  # the turn is over
+    time.sleep(0.5)
+    assert sig.sent == []
+    f.start_turn("stuck")
+    adapter.interrupt(sig.control)
+    assert len(sig.sent) == 1
+
+
+# -- command line and environment ----------------------------------------------------------
+def test_command_line(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "sub").mkdir()
+    a = AiderAdapter("/opt/aider", model="openai/m", api_base="http://127.0.0.1:1/v1", api_key="sk-secret",
+                     cwd=str(repo / "sub"), files=["calc.py"], edit_format="ask", extra_args=["--map-tokens", "0"])
+    argv = a.command(3)
+    assert argv[0] == "/opt/aider" and "--yes-always" in argv and "--no-git" not in argv
+    assert argv[argv.index("--model") + 1] == "openai/m" and argv[argv.index("--edit-format") + 1] == "ask"
+    assert argv[argv.index("--file") + 1] == "calc.py" and argv[-2:] == ["--map-tokens", "0"]
+    assert "slot-3" in argv[argv.index("--chat-history-file") + 1]
+    assert "sk-secret" not in repr(argv) and "sk-secret" not in repr(a.describe())
+    assert a.describe()["api_key"] == "***"
+    plain = AiderAdapter(cwd=str(tmp_path))
+    assert "--no-git" in plain.command(0)
+    a.close()
+    plain.close()
+
+
+def test_private_home(tmp_path, monkeypatch):
+    user = tmp_path / "user"
+    (user / ".aider").mkdir(parents=True)
+    (user / ".aider.conf.yml").write_text("map-tokens: 0\n")
+    (user / ".aider" / "oauth-keys.env").write_text("X=1\n")
+    monkeypatch.setenv("HOME", str(user))
+    a = AiderAdapter(cli_path="/nonexistent/aider", api_key="sk-secret")
+    env = a.environment(1)
+    home = env["HOME"]
+    assert home != str(user) and env["AIDER_OPENAI_API_KEY"] == "sk-secret"
+    assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    assert os.path.realpath(os.path.join(home, ".aider.conf.yml")) == str(user / ".aider.conf.yml")
+    assert os.path.islink(os.path.join(home, ".aider", "oauth-keys.env"))
+    prices = os.path.join(home, ".aider", "caches", "model_prices_and_context_window.json")
+    with open(prices) as fh:
+        assert fh.read() not in ("", "{}")  # aider refetches an empty list
+    os.utime(prices, (0, 0))
+    a.environment(1)
+    assert time.time() - os.path.getmtime(prices) < 60  # refreshed at every start
+    assert sorted(os.listdir(user)) == [".aider", ".aider.conf.yml"]
+    assert os.listdir(user / ".aider") == ["oauth-keys.env"]
+    root = os.path.dirname(os.path.dirname(home))
+    a.close()
+    assert not os.path.exists(root)
+
+
+def test_given_home_keeps_a_real_price_list(tmp_path):
+    caches = tmp_path / ".aider" / "caches"
+    caches.mkdir(parents=True)
+    prices = caches / "model_prices_and_context_window.json"
+    prices.write_text('{"gpt-x": {"max_tokens": 1}}')
+    os.utime(prices, (0, 0))
+    a = AiderAdapter(home=str(tmp_path), env={"LITELLM_LOCAL_MODEL_COST_MAP": "False"})
+    env = a.environment(0)
+    assert env["HOME"] == str(tmp_path) and env["LITELLM_LOCAL_MODEL_COST_MAP"] == "False"
+    assert prices.read_text() == '{"gpt-x": {"max_tokens": 1}}'
+    assert time.time() - prices.stat().st_mtime < 60
+    a.close()

@@ -1,0 +1,628 @@
+"""aider (the ``aider-chat`` package, verified with 0.86.2) driven over plain pipes.
+
+Over pipes aider is a plain ``input()`` REPL: no echo, no colour, no spinner,
+output streamed live.  After every turn it prints the chat's files, one per
+line, then its prompt: ``> ``, prefixed by the chat mode when it differs from
+the model's edit format (``ask> ``) and by ``multi`` in multi-line mode.  A
+reply ends with ``Tokens: N sent, M received.`` (plus ``Cost: ...`` when the
+model has prices).  :class:`AiderFramer` cuts responses at that prompt after a
+quiet period and turns the bookkeeping into :class:`~toolpool.Response`
+fields; :class:`AiderAdapter` builds a non-interactive command line and an
+offline-safe environment.
+
+Prompts are messages for the model, whatever they start with.  aider's own
+commands (``/add``, ``/ls``, ``!cmd``...) are sent as :class:`AiderCommand`
+values (a ``str`` subclass, so they pass through every ``str`` API of the pool
+unchanged)::
+
+    pool.ask(0, aider_command("/add", "calc.py"))   # runs /add, no LLM call
+    pool.ask(0, "/add is a slash command")           # sent to the model as text
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..errors import ToolPoolError
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer
+from .repl import PromptFramer, compile_prompt
+
+__all__ = ["AiderAdapter", "AiderApiError", "AiderCommand", "AiderFramer", "aider_command", "encode_prompt"]
+
+#: Flags that make aider scriptable over pipes and keep it from writing to the
+#: repository or the network on its own.
+SCRIPTED_FLAGS: Tuple[str, ...] = (
+    "--no-pretty", "--no-fancy-input", "--yes-always", "--no-auto-commits", "--no-gitignore",
+    "--no-check-update", "--no-show-model-warnings", "--no-analytics", "--no-show-release-notes",
+    "--no-detect-urls", "--no-suggest-shell-commands", "--no-auto-lint", "--no-auto-test",
+)
+
+#: aider exits on a second SIGINT within 2 s of the previous one (measured on
+#: its side, after it handled the first); keep a margin.
+SIGINT_SPACING = 2.5
+
+#: aider's prompt line: ``[edit format][ multi]> `` (edit formats are lower
+#: case words with hyphens: ask, diff-fenced, editor-whole...).
+PROMPT_PATTERN = r"^(?:[a-z][a-z-]*(?: multi)?|multi)?> "
+
+_NUM = r"\d+(?:\.\d+)?k?"
+_USAGE = re.compile(
+    rf"^Tokens: (?P<sent>{_NUM}) sent(?:, (?P<write>{_NUM}) cache write)?(?:, (?P<hit>{_NUM}) cache hit)?"
+    rf", (?P<received>{_NUM}) received\.(?:[ \n]Cost: \$(?P<cost>[\d.]+) message, \$(?P<session>[\d.]+) session\.)?"
+    r"[ \t]*$\n?", re.MULTILINE)
+_NOTICE = re.compile(r"^\^C again to exit[ \t]*$\n?", re.MULTILINE)
+_API_ERROR = re.compile(r"^litellm\.\w+Error: ", re.MULTILINE)
+_RETRY = re.compile(r"^Retrying in [\d.]+ seconds\.\.\.")
+
+#: Home files aider (and git, which it runs) read; linked into a private HOME
+#: so that a user's aider config, keys and git identity still apply.
+HOME_LINKS: Tuple[str, ...] = (".aider.conf.yml", ".aider.model.settings.yml", ".aider.model.metadata.json",
+                               ".env", ".aider/oauth-keys.env", ".gitconfig", ".config/git")
+_PRICES = os.path.join(".aider", "caches", "model_prices_and_context_window.json")
+
+
+class AiderApiError(ToolPoolError):
+    """aider got no reply from the model API (refused, unreachable, rejected...).
+
+    ``detail`` is aider's error text, e.g. ``litellm.AuthenticationError: ...``.
+    ``retrying`` is True when aider is still retrying: the instance stays
+    busy until it gives up (about a minute) unless it is interrupted.
+    """
+
+    def __init__(self, detail: str, retrying: bool = False) -> None:
+        self.detail = detail
+        self.retrying = retrying
+        msg = f"aider got no reply from the model: {detail or 'unknown error'}"
+        if retrying:
+            msg += "; aider keeps retrying for about a minute unless interrupted (pool.interrupt(index))"
+        super().__init__(msg)
+
+
+class AiderCommand(str):
+    """An aider in-chat command (``/add calc.py``, ``/ls``, ``!make test``), run by aider itself.
+
+    A plain ``str`` prompt is always a message to the model, even if it starts
+    with ``/`` or ``!``; wrap text in ``AiderCommand`` to run it as a command
+    instead.  Being a ``str``, it needs nothing from the pool: the adapter
+    recognises the type when it encodes the prompt.  Must be one line starting
+    with ``/`` or ``!``.  Commands that wait for a terminal (``/editor``,
+    ``/voice``) or end aider (``/exit``) do not fit a pool.
+    """
+
+    def __new__(cls, text: str) -> "AiderCommand":
+        text = str(text)
+        if not text.startswith(("/", "!")) or "\n" in text or "\r" in text:
+            raise ValueError(f"an aider command is one line starting with '/' or '!', got {text!r}")
+        return super().__new__(cls, text)
+
+
+def aider_command(command: str, *args: str) -> AiderCommand:
+    """``aider_command("/add", "calc.py")`` -> ``AiderCommand("/add calc.py")``; ``"add"`` means ``"/add"``."""
+    if not command.startswith(("/", "!")):
+        command = "/" + command
+    return AiderCommand(" ".join((command,) + tuple(args)))
+
+
+def encode_prompt(prompt: str) -> str:
+    """The text to type into aider for ``prompt``, without the final newline.
+
+    An :class:`AiderCommand` is typed as is.  A message is typed so that aider
+    sends it whole to the model: CRLF becomes LF; a leading ``/`` or ``!``
+    gets one space in front (aider would run it as a command otherwise, and
+    keeps the space); a message with several lines, or starting with ``{``,
+    goes in a ``{tag`` ... ``tag}`` block whose tag does not occur in it
+    (aider then appends one ``\\n`` to the message).  Raises ValueError for an
+    empty message, which aider ignores without printing anything.
+    """
+    if isinstance(prompt, AiderCommand):
+        return str(prompt)
+    text = prompt.replace("\r\n", "\n")
+    if not text:
+        raise ValueError("empty prompt: aider ignores an empty line; send some text, or an AiderCommand")
+    if text[0] in "/!":
+        text = " " + text
+    if "\n" in text or text.lstrip("\r").startswith("{"):
+        n, tag = 0, "tp"
+        while tag + "}" in text:
+            n += 1
+            tag = f"tp{n}"
+        text = f"{{{tag}\n{text}\n{tag}}}"
+    return text
+
+
+def _count(token: Optional[str]) -> int:
+    """aider's token figures: ``733``, ``1.2k``, ``12k`` (rounded above 1000)."""
+    if not token:
+        return 0
+    return round(float(token[:-1]) * 1000) if token.endswith("k") else int(token)
+
+
+def _trim(text: str) -> str:
+    """Drop leading and trailing blank (whitespace-only) lines; keep everything else exact."""
+    lines = text.split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _error_detail(text: str) -> str:
+    """aider's last API error block as one line (it wraps long messages at 80 columns)."""
+    found = list(_API_ERROR.finditer(text))
+    if not found:
+        return ""
+    lines = [ln for ln in text[found[-1].start():].split("\n") if ln.strip() and not _RETRY.match(ln)]
+    return re.sub(r"\s+", " ", " ".join(lines[:6])).strip()
+
+
+def parse_output(raw: str, prompt_line: str = "> ", interrupted: bool = False) -> Tuple[str, Dict[str, Any],
+                                                                                          Optional[AiderApiError]]:
+    """Split one turn's output (up to, not including, the prompt line) into text, fields and error.
+
+    The output ends with a blank line (aider's separator before the prompt)
+    and the chat's files.  ``Tokens:`` lines are removed from the text and
+    summed into ``tokens_sent``/``tokens_received`` (and ``cost_usd`` when
+    priced; a turn can make several model calls).  With ``interrupted``,
+    aider's ``^C again to exit`` notice is removed and ``interrupted`` and
+    ``is_error`` set.  The error is an :class:`AiderApiError` when the turn
+    printed an API error and no usage line (no reply at all).
+    """
+    cut = raw.rfind("\n\n")
+    body, block = (raw[: cut + 1], raw[cut + 2:]) if cut >= 0 else (raw, "")
+    files, read_only = [], []
+    for line in block.split("\n"):
+        if line.endswith(" (read only)"):
+            read_only.append(line[: -len(" (read only)")])
+            files.append(read_only[-1])
+        elif line:
+            files.append(line)
+    usage = list(_USAGE.finditer(body))
+    body = _USAGE.sub("", body)
+    fields: Dict[str, Any] = {"files": files, "read_only_files": read_only,
+                              "mode": prompt_line[:-2].strip(), "interrupted": False}
+    if interrupted and _NOTICE.search(body):
+        body = _NOTICE.sub("", body)
+        fields["interrupted"] = fields["is_error"] = True  # as the claude adapter reports it
+    if usage:
+        # "N sent" already includes any cache write/hit tokens it lists.
+        fields["tokens_sent"] = sum(_count(m["sent"]) for m in usage)
+        fields["tokens_received"] = sum(_count(m["received"]) for m in usage)
+        fields["model_calls"] = len(usage)
+        costs = [m for m in usage if m["cost"]]
+        if costs:
+            fields["cost_usd"] = sum(float(m["cost"]) for m in costs)
+            fields["session_cost_usd"] = float(costs[-1]["session"])
+    error = None
+    if not usage and not fields["interrupted"] and _API_ERROR.search(body):
+        error = AiderApiError(_error_detail(body))
+    return _trim(body), fields, error
+
+
+class AiderFramer(Framer):
+    """Cuts aider's output into responses; wraps a :class:`PromptFramer` for the prompt search.
+
+    On top of the prompt match it: skips the continuation prompts aider
+    prints for each line of a ``{tag`` block (they look like the end of a
+    turn); requires ``unconfirmed_settle`` seconds of quiet instead of
+    ``settle`` when a message's output has shown no usage line, API error or
+    interrupt notice yet (a ``> `` line inside a streamed reply is then not
+    mistaken for the end); fails a turn early with :class:`AiderApiError`
+    once aider announces more than ``max_api_retries`` retries; drops a
+    lone ``^C again to exit`` notice that a late interrupt caused after its
+    turn had already ended.
+    """
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, settle: float = 0.15,
+                 unconfirmed_settle: float = 1.0, encoding: str = "utf-8",
+                 max_api_retries: Optional[int] = 0) -> None:
+        super().__init__(max_bytes)
+        self._inner = PromptFramer(compile_prompt(PROMPT_PATTERN), max_bytes=max_bytes, settle=settle,
+                                   encoding=encoding, strip=False)
+        self.encoding = encoding
+        self.base_settle = settle
+        self.unconfirmed_settle = max(settle, unconfirmed_settle)
+        self.settle = settle
+        self.max_api_retries = max_api_retries
+        self._prefix = b"> "  # aider's current prompt prefix; continuation prompts repeat it
+        self._line = bytearray()  # the last, incomplete line of output
+        self._lead = bytearray()  # continuation prompts skipped at the start of the turn
+        self._expect = 0  # continuation prompts the turn's input causes
+        self._skip = 0  # ... still to skip
+        self._message = False
+        self._confirmed = False
+        self._retries = 0
+        self._failed = False
+        self._interrupt_sent = False
+        self.wants_interrupt = False  # asks the instance to interrupt (proposed core hook)
+        self._prompted = False  # the turn answers a prompt (not start-up)
+        self._error_text: List[str] = []
+        # Read by AiderAdapter.interrupt (outside the instance lock).
+        self.turn = 0
+        self.in_turn = False
+        self.sigint_lock = threading.Lock()
+        self.last_sigint = float("-inf")
+        self.sigint_scheduled = 0  # the turn a held-back SIGINT waits for (0: none)
+
+    # -- turn bookkeeping ----------------------------------------------------------
+    def start_turn(self, prompt: Optional[str]) -> None:
+        self.turn += 1
+        self.in_turn = True
+        self._prompted = prompt is not None
+        self._message = prompt is not None and not isinstance(prompt, AiderCommand)
+        try:
+            self._expect = encode_prompt(prompt).count("\n") if prompt is not None else 0
+        except ValueError:
+            self._expect = 0
+        self._skip = self._expect
+        self._confirmed = self._failed = self._interrupt_sent = self.wants_interrupt = False
+        self._retries = 0
+        self._error_text = []
+        self._set_settle()
+        self._inner.start_turn(prompt)
+
+    def interrupt_sent(self) -> None:
+        self._interrupt_sent = True
+
+    def _set_settle(self) -> None:
+        self.settle = self.base_settle if (self._confirmed or not self._message) else self.unconfirmed_settle
+        self._inner.settle = self.settle
+
+    # -- output --------------------------------------------------------------------
+    def feed(self, data: bytes) -> List[Frame]:
+        if self._skip:
+            data = self._skip_continuations(data)
+            if not data:
+                return []
+        frames = self._scan(data)
+        self._set_settle()
+        return frames + self._finish(self._inner.feed(data))
+
+    def _skip_continuations(self, data: bytes) -> bytes:
+        """Move the leading continuation prompts of ``data`` to ``_lead``; return the rest."""
+        pending = bytes(self._line) + data  # a prompt split across reads waits in _line
+        self._line.clear()
+        while self._skip and pending.startswith(self._prefix):
+            self._lead += self._prefix
+            pending = pending[len(self._prefix):]
+            self._skip -= 1
+        if self._skip and pending and self._prefix.startswith(pending):
+            self._line += pending  # part of the next continuation prompt
+            return b""
+        if pending:
+            self._skip = 0  # something else came first: stop skipping
+        return pending
+
+    def _scan(self, data: bytes) -> List[Frame]:
+        """Look at each new complete line for aider's markers."""
+        frames: List[Frame] = []
+        self._line += data
+        if b"\n" not in data:
+            return frames
+        *lines, rest = bytes(self._line).split(b"\n")
+        self._line[:] = rest
+        for raw in lines:
+            line = raw.decode(self.encoding, "replace")
+            if line.startswith("Tokens: ") and " received." in line:
+                self._confirmed = True
+            elif line.startswith("^C again to exit"):
+                self._confirmed = True
+            elif _API_ERROR.match(line):
+                self._confirmed = True
+                self._error_text = [line]
+            elif _RETRY.match(line):
+                self._retries += 1
+                if (self.max_api_retries is not None and self._retries > self.max_api_retries
+                        and not self._failed):
+                    self._failed = True
+                    # Read by nothing yet: with a core hook for it (see the adapter's
+                    # report), the instance would interrupt aider's retry loop now.
+                    self.wants_interrupt = True
+                    frames.append(Frame(error=AiderApiError(_error_detail("\n".join(self._error_text)), True),
+                                        final=False))
+            elif self._error_text and len(self._error_text) < 8:
+                self._error_text.append(line)
+        return frames
+
+    def has_candidate(self) -> bool:
+        return self._inner.has_candidate()
+
+    def on_quiet(self) -> List[Frame]:
+        return self._finish(self._inner.on_quiet())
+
+    def _finish(self, frames: List[Frame]) -> List[Frame]:
+        """Turn the inner framer's frames (prompt removed) into aider responses."""
+        out: List[Frame] = []
+        for frame in frames:
+            if frame.error is not None:  # ResponseTooLarge, passed on as is
+                out.append(frame)
+                continue
+            prompt_line = bytes(self._line)
+            self._line.clear()
+            if prompt_line.endswith(b"> "):
+                self._prefix = prompt_line
+            raw = bytes(self._lead) + frame.raw
+            text = frame.raw.decode(self.encoding, "replace")
+            if not self._interrupt_sent and _trim(_NOTICE.sub("", text)) == "" and _NOTICE.search(text):
+                # A SIGINT that reached aider after the turn it was meant for had
+                # ended: aider printed its notice and prompted again.  Not ours.
+                self._skip = self._expect
+                continue
+            body, fields, error = parse_output(text, prompt_line.decode(self.encoding, "replace"),
+                                               interrupted=self._interrupt_sent)
+            self._lead.clear()
+            self.in_turn = False
+            out.append(Frame(raw=raw, text=body, fields=fields, error=error if self._prompted else None))
+        return out
+
+    def partial(self) -> bytes:
+        return bytes(self._lead) + self._inner.partial()
+
+
+def _in_git_work_tree(path: str) -> bool:
+    """True when ``path`` or a parent has ``.git`` (a directory, or a file for worktrees)."""
+    path = os.path.abspath(path)
+    while True:
+        if os.path.exists(os.path.join(path, ".git")):
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+
+
+class AiderAdapter(Adapter):
+    """Runs ``aider`` in a pipe, one chat per instance; see the module docs.
+
+    ``cli_path``: the aider executable (default ``aider`` on PATH).
+    ``model``, ``api_base``: ``--model`` and ``--openai-api-base``.
+    ``api_key``: given to aider in the environment (``AIDER_OPENAI_API_KEY``,
+    same effect as ``--openai-api-key``) so it shows neither in ``ps`` nor in
+    :meth:`describe`.  ``cwd``: the work tree; outside a git work tree
+    ``--no-git`` is added (else ``--yes-always`` would ``git init`` it).
+    ``files``: added to the chat at start (``--file``).  ``edit_format``:
+    ``--edit-format``.  ``extra_args``: appended last, so they override.
+    ``env``: merged over the parent's environment.
+
+    ``home``: aider writes ``~/.aider`` (analytics id, installs, caches) and
+    fetches a model price list from GitHub at start unless ``~/.aider/caches``
+    holds a fresh one.  By default every slot gets a private HOME (removed by
+    :meth:`close`) seeded with a placeholder price list, and with links to the
+    user's ``~/.aider.conf.yml``, ``~/.env``, ``~/.gitconfig`` etc. (see
+    ``HOME_LINKS``) so their settings still apply.  With ``home`` set, that
+    directory is HOME for all slots; the adapter then only makes sure its price
+    list exists and looks fresh (a real list is kept).  Either way
+    ``LITELLM_LOCAL_MODEL_COST_MAP=True`` stops litellm's own fetch.  Chat and
+    input history go to a private directory per slot, not into the work tree.
+
+    ``warmup``: send ``/tokens`` (no model call) before the instance counts as
+    ready, which moves aider's slow first turn (lazy imports, repo map) into
+    start-up.  ``settle``, ``unconfirmed_settle``, ``max_api_retries``: see
+    :class:`AiderFramer`.
+
+    ``Response.text`` is aider's output for the turn without its bookkeeping:
+    no blank lines around it, no ``Tokens:``/``Cost:`` lines (parsed into
+    ``tokens_sent``, ``tokens_received``, ``cost_usd``), no file list (in
+    ``meta["files"]``, read-only ones also in ``meta["read_only_files"]``), no
+    prompt (``meta["mode"]``: its prefix, e.g. ``"ask"``; ``""`` normally).
+    Notes aider prints around a reply (a mentioned file being added,
+    ``Applied edit to x.py``) stay in the text: over a pipe they cannot be
+    told apart from the reply.  An interrupted turn answers with what had
+    arrived, ``is_error=True`` and ``meta["interrupted"] = True``.
+    """
+
+    name = "aider"
+    transport = "pipe"
+
+    def __init__(self, cli_path: Optional[str] = None, model: Optional[str] = None, api_base: Optional[str] = None,
+                 api_key: Optional[str] = None, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                 extra_args: Sequence[str] = (), files: Sequence[str] = (), edit_format: Optional[str] = None,
+                 warmup: bool = True, settle: float = 0.15, start_timeout: float = 60.0, home: Optional[str] = None,
+                 *, unconfirmed_settle: float = 1.0, max_api_retries: Optional[int] = 0,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, encoding: str = "utf-8",
+                 stderr_tail_bytes: int = 8192) -> None:
+        super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
+                         encoding=encoding, stderr_tail_bytes=stderr_tail_bytes)
+        if settle < 0 or unconfirmed_settle < 0:
+            raise ValueError(f"settle times must be >= 0 seconds, got {settle!r} and {unconfirmed_settle!r}")
+        if max_api_retries is not None and max_api_retries < 0:
+            raise ValueError(f"max_api_retries must be >= 0 or None, got {max_api_retries!r}")
+        for name, seq in (("extra_args", extra_args), ("files", files)):
+            if isinstance(seq, str) or not all(isinstance(a, str) for a in seq):
+                raise ValueError(f"{name} must be a sequence of strings, got {seq!r}")
+        self.cli_path = os.fspath(cli_path) if cli_path else "aider"
+        self.model = model
+        self.api_base = api_base
+        self.api_key = api_key
+        self.extra_args = list(extra_args)
+        self.files = list(files)
+        self.edit_format = edit_format
+        self.warmup = warmup
+        self.settle = settle
+        self.unconfirmed_settle = unconfirmed_settle
+        self.max_api_retries = max_api_retries
+        self.home = os.fspath(home) if home else None
+        self._real_home = os.path.expanduser("~")
+        self._lock = threading.Lock()
+        self._root: Optional[str] = None
+        self._cleanup: Optional[weakref.finalize] = None
+        self._timers: "set[threading.Timer]" = set()  # delayed SIGINTs; close() joins them
+        self._install_key: Optional[str] = None
+
+    # -- process -------------------------------------------------------------------
+    def _private_root(self) -> str:
+        """A temporary directory for homes and histories, removed by close() (or at exit)."""
+        with self._lock:
+            if self._root is None:
+                self._root = tempfile.mkdtemp(prefix="toolpool-aider-")
+                self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
+            return self._root
+
+    def command(self, slot: int) -> List[str]:
+        argv = [self.cli_path, *SCRIPTED_FLAGS]
+        if not _in_git_work_tree(self.cwd or os.getcwd()):
+            argv.append("--no-git")
+        for flag, value in (("--model", self.model), ("--openai-api-base", self.api_base),
+                            ("--edit-format", self.edit_format)):
+            if value:
+                argv += [flag, value]
+        slot_dir = os.path.join(self._private_root(), f"slot-{slot}")
+        argv += ["--input-history-file", os.path.join(slot_dir, "input.history"),
+                 "--chat-history-file", os.path.join(slot_dir, "chat.history.md")]
+        for name in self.files:
+            argv += ["--file", name]
+        return argv + self.extra_args
+
+    def environment(self, slot: int) -> Dict[str, str]:
+        env = super().environment(slot)
+        if "LITELLM_LOCAL_MODEL_COST_MAP" not in self.env:
+            env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # else litellm fetches its price list at import
+        env["HOME"] = self._prepare_home(slot, env)
+        if self.api_key:
+            env["AIDER_OPENAI_API_KEY"] = self.api_key
+        return env
+
+    def _prepare_home(self, slot: int, env: Mapping[str, str]) -> str:
+        home = self.home or os.path.join(self._private_root(), f"slot-{slot}", "home")
+        with self._lock:
+            prices = os.path.join(home, _PRICES)
+            os.makedirs(os.path.dirname(prices), exist_ok=True)
+            try:
+                with open(prices) as f:
+                    valid = bool(json.load(f))
+            except (OSError, ValueError):
+                valid = False
+            if not valid:  # aider refetches an empty list; a placeholder entry counts as a list
+                with open(prices, "w") as f:
+                    json.dump({"toolpool-placeholder": {"note": "keeps aider from fetching prices"}}, f)
+            os.utime(prices)  # aider refetches a list older than 24 h
+            if self.home is None:
+                self._seed_private_home(home, env)
+        return home
+
+    def _seed_private_home(self, home: str, env: Mapping[str, str]) -> None:
+        for rel in HOME_LINKS:
+            src, dst = os.path.join(self._real_home, rel), os.path.join(home, rel)
+            if os.path.exists(src) and not os.path.lexists(dst):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.symlink(src, dst)
+        installs = os.path.join(home, ".aider", "installs.json")
+        if not os.path.exists(installs):
+            key = self._installs_key(env)
+            if key:  # else aider's first run in this HOME loads its imports synchronously (~2 s more)
+                with open(installs, "w") as f:
+                    json.dump({key: True}, f)
+
+    def _installs_key(self, env: Mapping[str, str]) -> Optional[str]:
+        """aider's ``installs.json`` key, ``str((version, sys.executable))``, asked of its interpreter."""
+        if self._install_key is None:
+            self._install_key = ""
+            exe = shutil.which(self.cli_path, path=env.get("PATH", os.defpath))
+            try:
+                with open(exe or "", "rb") as f:
+                    first = f.readline(512)
+                if first.startswith(b"#!"):
+                    interp = first[2:].decode().split()[0]
+                    out = subprocess.run([interp, "-c", "import sys, aider; print(str((aider.__version__, "
+                                          "sys.executable)))"], capture_output=True, text=True, timeout=15,
+                                         env=dict(env), stdin=subprocess.DEVNULL)
+                    if out.returncode == 0:
+                        self._install_key = out.stdout.strip()
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+        return self._install_key or None
+
+    def close(self) -> None:
+        with self._lock:
+            timers, self._timers = list(self._timers), set()
+        for timer in timers:
+            timer.cancel()
+            timer.join(SIGINT_SPACING + 1)
+        with self._lock:
+            if self._cleanup is not None:
+                self._cleanup()
+            self._root, self._cleanup = None, None
+
+    # -- requests --------------------------------------------------------------------
+    def warmup_prompts(self) -> List[str]:
+        return [AiderCommand("/tokens")] if self.warmup else []
+
+    def encode(self, prompt: str) -> bytes:
+        """See :func:`encode_prompt`.  Raises TypeError for a non-str, ValueError for an unsendable prompt."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+        try:
+            return (encode_prompt(prompt) + "\n").encode(self.encoding)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
+
+    def liveness_probe(self) -> Optional[bytes]:
+        """An empty line: aider ignores it and prompts again (no model call)."""
+        return b"\n"
+
+    def new_framer(self) -> Framer:
+        return AiderFramer(max_bytes=self.max_response_bytes, settle=self.settle,
+                           unconfirmed_settle=self.unconfirmed_settle, encoding=self.encoding,
+                           max_api_retries=self.max_api_retries)
+
+    def interrupt(self, control: Control) -> None:
+        """One SIGINT to aider: it abandons the turn and prompts again.
+
+        Never two within ``SIGINT_SPACING`` seconds (a second ^C within 2 s
+        exits aider): a later request waits in a timer thread, and is dropped
+        if the turn ends meanwhile.  No signal once the turn's prompt is
+        showing (the turn is over; a SIGINT would only reach the next one).
+        """
+        framer = control.framer
+        if not isinstance(framer, AiderFramer):
+            control.signal_process(signal.SIGINT)
+            return
+        self._sigint(control, framer, framer.turn)
+
+    def _sigint(self, control: Control, framer: AiderFramer, turn: int, timer: bool = False) -> None:
+        with framer.sigint_lock:
+            if timer and framer.sigint_scheduled == turn:
+                framer.sigint_scheduled = 0
+            if framer.turn != turn or not framer.in_turn:
+                return
+            now = time.monotonic()
+            wait = framer.last_sigint + SIGINT_SPACING - now
+            if framer.has_candidate():  # its prompt is showing: check again once the quiet period is over
+                wait = max(wait, framer.settle + 0.05)
+            if wait <= 0:
+                framer.last_sigint = now
+                control.signal_process(signal.SIGINT)
+                return
+            if framer.sigint_scheduled == turn:
+                return  # a timer for this turn is already waiting
+            framer.sigint_scheduled = turn
+        def fire() -> None:
+            try:
+                self._sigint(control, framer, turn, True)
+            finally:
+                with self._lock:
+                    self._timers.discard(retry)
+
+        retry = threading.Timer(wait, fire)
+        retry.daemon = True
+        with self._lock:
+            self._timers.add(retry)
+        retry.start()
+
+    # -- status ------------------------------------------------------------------------
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d.update(model=self.model, api_base=self.api_base, api_key="***" if self.api_key else None,
+                 home=self.home or "(private per slot)", edit_format=self.edit_format, files=list(self.files),
+                 warmup=self.warmup, settle=self.settle)
+        return d
