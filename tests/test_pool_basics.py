@@ -104,6 +104,14 @@ def test_demo_tool_by_name(make_pool):
     assert "Suggestion: test a write" in a.text
 
 
+def test_repl_adapter_signature_matches_the_contract(make_pool, tmp_path):
+    # ReplAdapter(command, prompt, transport="pipe", env=None, cwd=None, start_timeout=30.0, ...)
+    adapter = ReplAdapter(fake_cmd(), r"tp> $", "pipe", {"X_FLAG": "1"}, str(tmp_path), 15.0)
+    assert (adapter.transport, adapter.env, adapter.cwd, adapter.start_timeout) == \
+        ("pipe", {"X_FLAG": "1"}, str(tmp_path), 15.0)
+    assert make_pool(adapter, 1).ask(0, "positional", timeout=10).text == "you said: positional"
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="unknown adapter 'nope'"):
         ToolProcessPool("nope")
@@ -164,7 +172,7 @@ def test_racing_senders_one_wins_the_rest_get_busy(make_pool):
     def racer(n):
         barrier.wait()
         try:
-            pool.send_prompt(0, f"sleep 0.2")
+            pool.send_prompt(0, "sleep 0.2")
             outcomes.append("sent")
         except InstanceBusy:
             outcomes.append("busy")

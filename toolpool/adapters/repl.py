@@ -121,9 +121,9 @@ class ReplAdapter(Adapter):
 
     name = "repl"
 
-    def __init__(self, command: Sequence[str], prompt: PromptPattern, transport: str = "pipe", *,
+    def __init__(self, command: Sequence[str], prompt: PromptPattern, transport: str = "pipe",
                  env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
-                 start_timeout: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 start_timeout: float = 30.0, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
                  encoding: str = "utf-8", line_ending: str = "\n", multiline: bool = False,
                  settle: float = 0.0, prompt_window: int = 4096, strip: bool = True,
                  warmup: Sequence[str] = (), interrupt_signal: int = signal.SIGINT,
