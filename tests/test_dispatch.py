@@ -233,3 +233,57 @@ def test_many_threads_submitting(make_pool):
     for t in range(8):
         assert all(text == f"you said: {p}" for p, text in results[t])
     assert pool.stats()["requests"] == 320
+
+
+def test_timings_total_is_wall_time_not_double_counted(make_pool):
+    pool = make_pool(fake_adapter(), 1)
+    pool.submit("sleep 0.3")
+    t0 = time.perf_counter()
+    r = pool.submit("queued").result(30)
+    wall = time.perf_counter() - t0
+    assert r.timings.queued > 0.2
+    assert r.elapsed <= r.timings.total <= wall + 0.01
+    assert abs(r.timings.total - (r.timings.acquire + r.elapsed)) < 1e-6
+
+
+def test_submit_to_an_instance_honours_timeout_and_gives_it_back(make_pool):
+    pool = make_pool(fake_adapter(), 2, interrupt_grace=2.0)
+    first = pool.submit("sleep 0.5", instance=0)
+    late = pool.submit("late", instance=0, timeout=0.2)
+    with pytest.raises(ResponseTimeout) as info:
+        late.result(30)
+    assert info.value.phase == "queue"
+    assert first.result(30).text == "slept"
+    running = pool.submit("partial", instance=0, timeout=0.3)
+    with pytest.raises(ResponseTimeout) as info:
+        running.result(30)
+    assert info.value.phase == "response" and info.value.partial == b"half a line"
+    # once its queue drained, instance 0 serves ordinary submits again
+    assert wait_until(lambda: pool.get_status()["instances"][0]["owner"] is None, 20)
+    both = [pool.submit("sleep 0.3"), pool.submit("sleep 0.3")]
+    assert {f.result(30).index for f in both} == {0, 1}
+
+
+def test_submit_timeout_carries_partial_output(make_pool):
+    pool = make_pool(fake_adapter(), 1, interrupt_grace=2.0)
+    with pytest.raises(ResponseTimeout) as info:
+        pool.submit("partial", timeout=0.3).result(30)
+    assert info.value.partial == b"half a line"
+
+
+def test_requests_fail_at_once_when_no_instance_can_serve(make_pool):
+    pool = make_pool(fake_adapter(), 1, restart=False)
+    with pytest.raises(InstanceCrashed):
+        pool.submit("crash 1").result(30)
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match="no instance of the pool can take requests") as info:
+        pool.submit("anyone?").result(30)
+    assert time.monotonic() - t0 < 5
+    assert "EXITED" in str(info.value)
+
+
+def test_map_rejects_a_bad_batch_before_sending_anything(make_pool):
+    pool = make_pool(fake_adapter(), 1)
+    with pytest.raises(ValueError, match="newline"):
+        pool.map(["fine", "two\nlines", "also fine"])
+    assert pool.get_status()["instances"][0]["requests"] == 0

@@ -99,3 +99,22 @@ def test_state_machine_is_documented_and_enforced():
     check_transition(State.IDLE, State.BUSY)
     with pytest.raises(InvalidTransition):
         check_transition(State.FATAL, State.BUSY)
+
+
+def test_forced_restart_records_why(make_pool):
+    pool = make_pool(fake_adapter(), 1, stuck_timeout=0.4)
+    with pytest.raises(Exception, match="stuck"):
+        pool.submit("hang").result(30)
+    assert wait_until(lambda: pool.check_health()["idle"] == 1, 20)
+    assert "stuck: no output while busy" in pool.get_status()["instances"][0]["last_error"]
+
+
+def test_library_is_silent_until_logging_is_configured(tmp_path):
+    import subprocess
+    import sys
+    from toolkit import FAKETOOL
+    code = ("import sys; from toolpool import ToolProcessPool, ReplAdapter\n"
+            f"pool = ToolProcessPool(ReplAdapter([sys.executable, '-u', {FAKETOOL!r}], prompt='tp> $'), 1)\n"
+            "try:\n    pool.ask(0, 'crash 2', timeout=10)\nexcept Exception:\n    pass\npool.shutdown()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == ""

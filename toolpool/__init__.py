@@ -1,5 +1,7 @@
 """toolpool: run a pool of long-lived interactive CLI tools from synchronous Python."""
 
+import logging
+
 from .adapters import (Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter)
 from .adapters.command import CommandAdapter
 from .dispatch import Lease
@@ -13,6 +15,9 @@ from .response import Response, Timings
 from .states import State
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where it goes: silent until configured.
+logging.getLogger("toolpool").addHandler(logging.NullHandler())
 
 __all__ = [
     "AcquireTimeout", "CommandAdapter", "Lease", "RestartPolicy",

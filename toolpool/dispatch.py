@@ -6,10 +6,10 @@ import collections
 import concurrent.futures as cf
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Deque, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Optional
 
 from .adapters.base import EventCallback
-from .errors import InstanceBusy, PoolClosed, ToolPoolError
+from .errors import InstanceBusy, PoolClosed, ResponseTimeout, ToolPoolError
 from .response import Response
 from .scheduler import Timer
 
@@ -48,13 +48,14 @@ class Request:
 
 
 class _Queued:
-    __slots__ = ("prompt", "on_event", "future", "started")
+    __slots__ = ("prompt", "on_event", "future", "started", "timer")
 
     def __init__(self, prompt: str, on_event: Optional[EventCallback]) -> None:
         self.prompt = prompt
         self.on_event = on_event
         self.future: cf.Future = cf.Future()
         self.started = False
+        self.timer: Optional[Timer] = None
 
 
 class MessageQueue:
@@ -65,16 +66,23 @@ class MessageQueue:
     idle.  Futures are cancellable until their prompt is sent.
     """
 
-    def __init__(self, instance: "Instance") -> None:
+    def __init__(self, instance: "Instance", call_later: Callable[[float, Callable[[], None]], Timer],
+                 on_drained: Optional[Callable[[], None]] = None) -> None:
         self._instance = instance
+        self._call_later = call_later
+        self._on_drained = on_drained
         self._lock = threading.Lock()
         self._queue: Deque[_Queued] = collections.deque()
         self._pumping = False
         self._closed: Optional[BaseException] = None
 
-    def submit(self, prompt: str, on_event: Optional[EventCallback] = None) -> "cf.Future[Response]":
+    def submit(self, prompt: str, on_event: Optional[EventCallback] = None,
+               timeout: Optional[float] = None) -> "cf.Future[Response]":
+        """Queue ``prompt``; ``timeout`` covers waiting in this queue plus answering."""
         self._instance.adapter.encode(prompt)  # bad input fails here, not later
         entry = _Queued(prompt, on_event)
+        if timeout is not None:
+            entry.timer = self._call_later(timeout, lambda: self._expire(entry, timeout))
         with self._lock:
             if self._closed is not None:
                 raise self._closed
@@ -84,6 +92,27 @@ class MessageQueue:
             self._pumping = True
         self._instance.when_idle(self._pump)
         return entry.future
+
+    def _expire(self, entry: _Queued, timeout: float) -> None:
+        with self._lock:
+            queued = not entry.started
+            if queued and entry in self._queue:
+                self._queue.remove(entry)
+        if entry.future.done():
+            return
+        index = self._instance.index
+        if queued:
+            err = ResponseTimeout(f"prompt still queued for instance {index} after {timeout}s", phase="queue")
+        else:
+            err = ResponseTimeout(f"instance {index} gave no complete response within {timeout}s (including "
+                                  "queueing); the turn was interrupted", self._instance.partial_output(),
+                                  phase="response")
+        try:
+            entry.future.set_exception(err)
+        except cf.InvalidStateError:
+            return
+        if not queued:
+            self._instance.interrupt()
 
     def __len__(self) -> int:
         with self._lock:
@@ -95,7 +124,8 @@ class MessageQueue:
             with self._lock:
                 if not self._queue:
                     self._pumping = False
-                    return
+                    drained = self._on_drained
+                    break
                 entry = self._queue[0]
                 if not entry.started:
                     if not entry.future.set_running_or_notify_cancel():
@@ -115,9 +145,11 @@ class MessageQueue:
                 continue
             with self._lock:
                 self._queue.popleft()
-            inner.add_done_callback(lambda f, e=entry: _copy(f, e.future))
+            inner.add_done_callback(lambda f, e=entry: _finish(f, e))
             inner.add_done_callback(lambda f: self._instance.when_idle(self._pump))
             return
+        if drained is not None:
+            drained()
 
     def close(self, exc: BaseException) -> None:
         """Fail every queued prompt with ``exc``; later submits raise it."""
@@ -130,6 +162,12 @@ class MessageQueue:
                     entry.future.set_exception(exc)
                 except cf.InvalidStateError:
                     pass
+
+
+def _finish(source: cf.Future, entry: _Queued) -> None:
+    if entry.timer is not None:
+        entry.timer.cancel()
+    _copy(source, entry.future)
 
 
 def _copy(source: cf.Future, target: cf.Future) -> None:
@@ -158,7 +196,7 @@ class Lease:
         self._pool = pool
         self.instance = instance
         self.index = instance.index
-        self._queue = MessageQueue(instance)
+        self._queue = MessageQueue(instance, pool._scheduler.call_later)
         self._released = False
 
     def _check(self) -> "Instance":
@@ -177,10 +215,15 @@ class Lease:
     def ask(self, prompt: str, timeout: Optional[float] = None, **kwargs: Any) -> Response:
         return self._check().ask(prompt, timeout, **kwargs)
 
-    def submit(self, prompt: str, on_event: Optional[EventCallback] = None) -> "cf.Future[Response]":
-        """Queue ``prompt``; it is sent after every earlier one is answered."""
+    def submit(self, prompt: str, on_event: Optional[EventCallback] = None,
+               timeout: Optional[float] = None) -> "cf.Future[Response]":
+        """Queue ``prompt``; it is sent after every earlier one is answered.
+
+        ``timeout`` covers waiting plus answering (:class:`ResponseTimeout`
+        with ``phase`` "queue" or "response"; a running turn is interrupted).
+        """
         self._check()
-        return self._queue.submit(prompt, on_event)
+        return self._queue.submit(prompt, on_event, timeout)
 
     def interrupt(self) -> bool:
         return self._check().interrupt()

@@ -292,9 +292,13 @@ class Instance:
             log.warning("instance %d failed to start: %s", self.index, exc, extra={"instance": self.index})
         self._emit("start_failed", error=str(exc))
 
-    def restart(self, timeout: Optional[float] = None, stop_timeout: float = 5.0) -> None:
-        """Stop the current process (if any) and start a new one; see :meth:`start`."""
-        self.stop(stop_timeout, reason="restarted")
+    def restart(self, timeout: Optional[float] = None, stop_timeout: float = 5.0, why: str = "") -> None:
+        """Stop the current process (if any) and start a new one; see :meth:`start`.
+
+        ``why`` is recorded in ``last_error`` and in the error of a request
+        that was pending.
+        """
+        self.stop(stop_timeout, reason=f"restarted ({why})" if why else "restarted")
         with self._lock:
             self.restarts += 1
         log.info("instance %d restarting", self.index, extra={"instance": self.index, "restarts": self.restarts})
@@ -457,6 +461,11 @@ class Instance:
         kwargs.setdefault("unread", True)
         return self._wait(self._send(prompt, kind="prompt", **kwargs), timeout)
 
+    def partial_output(self) -> bytes:
+        """What has arrived so far of the response in progress (b"" if none)."""
+        with self._lock:
+            return self._proc.framer.partial() if (self._proc is not None and self._turns) else b""
+
     def discard_unread(self) -> int:
         """Forget responses nobody will read (e.g. a released lease's); return how many."""
         with self._lock:
@@ -613,7 +622,7 @@ class Instance:
         now = time.perf_counter()
         timings = turn.timings or Timings()
         timings.first_byte = None if turn.first_byte_at is None else turn.first_byte_at - turn.sent_at
-        timings.total = timings.queued + timings.acquire + (now - turn.sent_at)
+        timings.total = timings.acquire + (now - turn.sent_at)  # acquire already includes queueing
         response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=now - turn.sent_at,
                             prompt=turn.prompt, timings=timings)
         for key, value in frame.fields.items():  # usually empty for REPLs

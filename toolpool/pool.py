@@ -199,6 +199,7 @@ class ToolProcessPool:
             self._owner[inst.index] = None if self._owner[inst.index] == "dispatch" else self._owner[inst.index]
         if attempt is None:
             if not self.policy.enabled:
+                self._fail_waiters_if_hopeless()
                 return
             inst.set_supervised_state(State.FATAL)
             log.error("instance %d is FATAL: %d failures within %ss (last exit code %s)", inst.index,
@@ -260,15 +261,30 @@ class ToolProcessPool:
         self._scheduler.call_later(self.policy.stable_after, lambda: (
             self._failures.reset(inst.index) if inst._generation == generation and inst.alive else None))
 
+    def _hopeless(self) -> bool:
+        """Lock held.  True when no instance can ever take a request without a caller's restart."""
+        if self._growing or not all(self._active):
+            return False  # an elastic pool can still start one
+        for inst in self._slots:
+            state = inst.state
+            if state is State.FATAL or state is State.STOPPED:
+                continue
+            if state is State.EXITED and not self.policy.enabled:
+                continue
+            return False
+        return True
+
     def _fail_waiters_if_hopeless(self) -> None:
         """If no instance can ever serve again, fail queued requests instead of hanging."""
         with self._lock:
-            if any(self._active[i] and s.state is not State.FATAL for i, s in enumerate(self._slots)):
+            if not self._waiting or not self._hopeless():
                 return
             waiting, self._waiting = list(self._waiting), collections.deque()
+        states = ", ".join(sorted({inst.state.value for inst in self._slots}))
         for req in waiting:
-            self._complete(req, exc=InstanceUnavailable("every instance of the pool is FATAL; see get_status() for exit codes "
-                                         "and stderr, then restart_instance() after fixing the cause"))
+            self._complete(req, exc=InstanceUnavailable(
+                f"no instance of the pool can take requests (states: {states}); see get_status() for exit codes "
+                "and stderr, then restart_instance() after fixing the cause"))
 
     # ------------------------------------------------------------- recycling
     def _lifetime_up(self, inst: Instance, generation: int) -> None:
@@ -339,10 +355,9 @@ class ToolProcessPool:
             if self._closed:
                 return
             self._owner[inst.index] = "maint"
-        inst.last_error = why
         self._stats.incr("restarts")
         try:
-            inst.restart(self.start_timeout)
+            inst.restart(self.start_timeout, why=why)
         except ToolPoolError:
             if inst.state is State.EXITED:
                 self._supervise(inst, ran_for=None)
@@ -367,7 +382,7 @@ class ToolProcessPool:
         its earlier prompts are answered.
         """
         if instance is not None:
-            return self._queue_for(instance).submit(prompt, on_event)
+            return self._queue_for(instance).submit(prompt, on_event, timeout)
         return self._enqueue(Request("prompt", prompt, self.adapter.encode(prompt), timeout, on_event,
                                      retries=1 if self.retry_on_crash else 0))
 
@@ -380,9 +395,9 @@ class ToolProcessPool:
         the remaining futures are cancelled when the iterator is closed early.
         ``max_waiting`` does not apply to map, which queues the whole batch.
         """
-        futures = [self._enqueue(Request("prompt", p, self.adapter.encode(p), timeout,
-                                         retries=1 if self.retry_on_crash else 0), bounded=False)
-                   for p in prompts]
+        batch = [(p, self.adapter.encode(p)) for p in prompts]  # reject bad input before queueing any
+        futures = [self._enqueue(Request("prompt", p, data, timeout, retries=1 if self.retry_on_crash else 0),
+                                 bounded=False) for p, data in batch]
 
         def results() -> Iterator[Response]:
             try:
@@ -478,6 +493,7 @@ class ToolProcessPool:
                 inst = self._free_instance()
                 if inst is None:
                     grow = self._grow_slot()
+                    hopeless = grow is None and self._hopeless()
                     break
                 req = self._waiting.popleft()
                 if not req.running:
@@ -494,6 +510,8 @@ class ToolProcessPool:
                 self._run(req, inst)
         if grow is not None:
             self._executor.submit(self._grow, grow)
+        elif hopeless:
+            self._fail_waiters_if_hopeless()
 
     def _run(self, req: Request, inst: Instance) -> None:
         now = time.perf_counter()
@@ -592,7 +610,7 @@ class ToolProcessPool:
             err = ResponseTimeout(f"no instance became free within {req.timeout}s (request still queued; "
                                   f"{self.check_health()['busy']} instances busy)", phase="queue")
         else:
-            partial = b""
+            partial = inst.partial_output()
             err = ResponseTimeout(f"instance {inst.index} gave no complete response within {req.timeout}s "
                                   "(including queueing); the turn was interrupted", partial, phase="response")
         if self._complete(req, exc=err):
@@ -695,8 +713,9 @@ class ToolProcessPool:
         inst = self._claim(index)
         with self._lock:
             queue = self._queues.get(index)
-            if queue is None:
-                queue = self._queues[index] = MessageQueue(inst)
+            if queue is None:  # the by-index claim ends when the queue drains
+                queue = self._queues[index] = MessageQueue(inst, self._scheduler.call_later,
+                                                           lambda: self._unclaim(inst))
         return queue
 
     def send_prompt(self, index: int, prompt: str, **kwargs: Any) -> "cf.Future[Response]":
