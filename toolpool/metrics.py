@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
-from typing import Any, Deque, Dict, List, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 #: Counters that ``pop_stats()`` resets, as psycopg_pool does.
 COUNTERS = ("requests", "errors", "timeouts", "crashes", "restarts", "spawns_warm", "spawns_cold",
@@ -73,6 +73,16 @@ class Stats:
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
             self._latency[name].add(seconds)
+
+    def record(self, counts: Dict[str, int], seconds: Optional[Dict[str, float]] = None) -> None:
+        """Several counters and latencies at once: one lock round-trip on the request path."""
+        with self._lock:
+            for name, n in counts.items():
+                self._counters[name] += n
+                self._lifetime[name] += n
+            if seconds:
+                for name, value in seconds.items():
+                    self._latency[name].add(value)
 
     def snapshot(self, reset: bool = False) -> Dict[str, Any]:
         with self._lock:

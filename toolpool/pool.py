@@ -538,12 +538,12 @@ class ToolProcessPool:
             self._complete(req, exc=exc)
             self._dispatch()
             return
-        self._stats.incr("bytes_in", len(req.data or b""))
-        self._stats.incr("spawns_cold" if cold else "spawns_warm")
-        self._stats.observe("queue_wait", timings.queued)
-        log.debug("request dispatched to instance %d: acquire %.6fs (%s, spawn %.6fs)", inst.index, waited,
-                  "cold" if cold else "warm", spawn,
-                  extra={"instance": inst.index, "acquire": waited, "warm": not cold, "spawn": spawn})
+        self._stats.record({"bytes_in": len(req.data or b""), "spawns_cold" if cold else "spawns_warm": 1},
+                           {"queue_wait": timings.queued})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request dispatched to instance %d: acquire %.6fs (%s, spawn %.6fs)", inst.index, waited,
+                      "cold" if cold else "warm", spawn,
+                      extra={"instance": inst.index, "acquire": waited, "warm": not cold, "spawn": spawn})
         fut.add_done_callback(lambda f: self._finished(req, inst, f))
 
     def _finished(self, req: Request, inst: Instance, fut: cf.Future) -> None:
@@ -561,9 +561,10 @@ class ToolProcessPool:
         if retry:
             log.info("retrying a request from crashed instance %d on another instance", inst.index)
         else:
-            exc = fut.exception()
             self._complete(req, None if exc else fut.result(), exc)
-        if not self._maybe_recycle(inst):
+        if self._recycle_due[inst.index] and self._maybe_recycle(inst):
+            pass
+        elif self._waiting:  # unlocked peek: a request queued after the release dispatches itself
             self._dispatch()
         if self.max_idle and inst.state is State.IDLE:
             since = inst.state_since
@@ -580,14 +581,12 @@ class ToolProcessPool:
             if req.future.done() or req._completed:
                 return False
             req._completed = True
-        self._stats.incr("requests")
         if exc is not None:
-            self._stats.incr("errors")
-            if isinstance(exc, ResponseTimeout):
-                self._stats.incr("timeouts")
+            self._stats.record({"requests": 1, "errors": 1, "timeouts": int(isinstance(exc, ResponseTimeout))})
         elif result is not None:
-            self._stats.incr("bytes_out", len(result.raw))
-            self._stats.observe("response", result.elapsed)
+            self._stats.record({"requests": 1, "bytes_out": len(result.raw)}, {"response": result.elapsed})
+        else:
+            self._stats.record({"requests": 1})
         try:
             if exc is not None:
                 req.future.set_exception(exc)
