@@ -76,6 +76,7 @@ class _Process:
         self.started_at = time.time()
         self.disposed = False
         self.dispose_lock = threading.Lock()
+        self.input_error: Optional[str] = None  # set when a write found the tool's input closed
 
 
 class Instance:
@@ -181,6 +182,8 @@ class Instance:
         with self._lock:
             if self._retired:
                 raise InstanceUnavailable(f"instance {self.index} belongs to a pool that was shut down")
+            if self._state is State.STARTING:
+                raise InstanceBusy(f"instance {self.index} is already starting")
             self._set_state(State.STARTING)
             old, self._proc = self._proc, None
         if old is not None:
@@ -342,6 +345,8 @@ class Instance:
             if proc.exited.is_set():
                 break
             t.signal_group(sig)
+            if sig == signal.SIGTERM:
+                t.signal_group(signal.SIGCONT)  # a stopped (SIGSTOP) tool acts on SIGTERM only once continued
             if sig == signal.SIGKILL:
                 proc.exited.wait(5.0)
             else:
@@ -440,11 +445,13 @@ class Instance:
         except cf.TimeoutError:
             with self._lock:
                 partial = self._proc.framer.partial() if (self._proc and turn in self._turns) else b""
+                closed = self._proc.input_error if self._proc else None
             log.info("instance %d: no response within %ss", self.index, timeout,
                      extra={"instance": self.index, "timeout": timeout, "partial_bytes": len(partial)})
+            why = f"; the tool closed its input ({closed}), restart it" if closed else ""
             raise ResponseTimeout(
                 f"instance {self.index} gave no complete response within {timeout}s; it is still pending "
-                "(read again to keep waiting, or interrupt/restart the instance)", partial) from None
+                f"(read again to keep waiting, or interrupt/restart the instance){why}", partial) from None
         finally:
             if turn.future.done():
                 with self._lock:
@@ -579,16 +586,19 @@ class Instance:
             self._emit("exited", exit_code=code, crashed=crashed, stderr_tail=self.stderr.text())
 
     def _on_write_error(self, proc: _Process, exc: BaseException) -> None:
-        """The tool closed its input.  If it is exiting, the exit reports it."""
-        if proc.exited.wait(STDERR_SETTLE * 2):
-            return
+        """The tool's input is closed: note it, decide nothing here.
+
+        Usually the tool is dying, and its exit fails the pending turn with
+        :class:`InstanceCrashed` and the real exit code.  A tool that closed
+        its input and lives on keeps the turn pending until the caller's
+        deadline (its ResponseTimeout says so) or stuck handling.  Never
+        waits: this may run on ``proc``'s own reader thread.
+        """
         with self._lock:
-            if proc is not self._proc:
+            if proc is not self._proc or proc.input_error is not None:
                 return
-            failed = self._take_turns(ToolPoolError(
-                f"instance {self.index} closed its input while a prompt was being sent ({exc}); "
-                f"restart_instance({self.index}) starts a fresh process"))
-        self._resolve(failed)
+            proc.input_error = str(exc) or exc.__class__.__name__
+        log.info("instance %d: the tool closed its input (%s)", self.index, exc, extra={"instance": self.index})
 
     # ------------------------------------------------------------- plumbing
     def _apply(self, frames: List[Frame]) -> List[Completion]:

@@ -25,7 +25,7 @@ from .adapters import Adapter, create_adapter
 from .adapters.base import EventCallback
 from .dispatch import Lease, MessageQueue, Request
 from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ResponseTimeout,
-                     ToolNotFoundError, ToolPoolError)
+                     ResponseTooLarge, ToolNotFoundError, ToolPoolError)
 from .instance import Instance
 from .metrics import Stats
 from .response import Response, Timings
@@ -230,8 +230,8 @@ class ToolProcessPool:
             self._scheduler.call_later(delay, submit)
 
     def _respawn(self, inst: Instance, count_restart: bool) -> None:
-        if self._closed:
-            return
+        if self._closed or inst.state not in (State.BACKOFF, State.EXITED):
+            return  # restarted by other means meanwhile (restart_instance)
         if count_restart:
             inst.restarts += 1
             self._stats.incr("restarts")
@@ -562,6 +562,10 @@ class ToolProcessPool:
             log.info("retrying a request from crashed instance %d on another instance", inst.index)
         else:
             self._complete(req, None if exc else fut.result(), exc)
+        if inst.state is State.BUSY:  # still draining a failed response
+            if isinstance(exc, ResponseTooLarge):
+                self._interrupt_or_recycle(inst)  # the rest may never end: cut it short
+            inst.when_idle(self._dispatch)
         if self._recycle_due[inst.index] and self._maybe_recycle(inst):
             pass
         elif self._waiting:  # unlocked peek: a request queued after the release dispatches itself
