@@ -17,7 +17,7 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import logging
-import os
+import select
 import signal
 import threading
 import time
@@ -113,6 +113,7 @@ class Instance:
         self.last_output_at = time.monotonic()
         self._idle_waiters: List[Callable[[], None]] = []
         self._retired = False  # stopped for good (pool shut down): never start again
+        self._stop_done = threading.Event()
 
     # ------------------------------------------------------------------ state
     @property
@@ -137,10 +138,17 @@ class Instance:
         self.state_since = time.time()
         self.busy_since = time.time() if new is State.BUSY else None
 
-    def set_supervised_state(self, new: State) -> None:
-        """Move an EXITED instance to BACKOFF or FATAL (the pool's supervisor decides)."""
+    def set_supervised_state(self, new: State) -> bool:
+        """Move an EXITED instance to BACKOFF or FATAL (the pool's supervisor decides).
+
+        Returns False, changing nothing, if the instance is no longer EXITED
+        (restarted or stopped by someone else meanwhile).
+        """
         with self._lock:
+            if self._state is not State.EXITED:
+                return False
             self._set_state(new)
+            return True
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the instance is IDLE (now, if it is).  Called outside locks."""
@@ -175,39 +183,45 @@ class Instance:
         Raises :class:`ToolNotFoundError` if the executable is missing, and
         :class:`SpawnError` if the tool exits during start-up or is not ready
         within ``timeout`` (default: the adapter's ``start_timeout``).  On
-        failure nothing is left running and the instance is EXITED.
+        failure nothing is left running and the instance is EXITED.  Raises
+        :class:`InstanceBusy` if the instance is running, starting or stopping
+        (``restart()`` stops, then starts).
         """
         limit = self.adapter.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._lock:
             if self._retired:
                 raise InstanceUnavailable(f"instance {self.index} belongs to a pool that was shut down")
-            if self._state is State.STARTING:
-                raise InstanceBusy(f"instance {self.index} is already starting")
+            if self._state in (State.STARTING, State.IDLE, State.BUSY, State.STOPPING):
+                raise InstanceBusy(f"instance {self.index} is {self._state.value}; it can only be started when "
+                                   "stopped, exited or FATAL (restart() stops it first)")
             self._set_state(State.STARTING)
             old, self._proc = self._proc, None
         if old is not None:
             self._dispose(old, grace=0.0)
         t0 = time.perf_counter()
         self.spawn_started_at = t0
+        proc: Optional[_Process] = None
         try:
-            ready = self._spawn()
+            proc, ready = self._spawn()
             if ready is not None:
                 self._await_start(ready, deadline, limit, "become ready")
             for prompt in self.adapter.warmup_prompts():
                 self._await_start(self._send(prompt, kind="warmup", state_ok=(State.STARTING,)), deadline, limit,
                                   f"answer warm-up prompt {prompt!r}")
             with self._lock:
-                if self._state is not State.STARTING:  # stopped meanwhile
+                if self._proc is not proc or self._state is not State.STARTING:
+                    if self._proc is proc and self._state is State.EXITED:  # a tool ready on spawn died at once
+                        raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up",
+                                         self.last_exit_code, self.stderr.text())
                     raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
                 self._set_state(State.IDLE)
                 self.started_at = time.time()
                 self.ready_at = time.perf_counter()
                 self.served = 0
-                proc = self._proc
                 waiters = self._take_idle_waiters()
         except BaseException as exc:
-            self._abort_start(exc)
+            self._abort_start(exc, proc)
             raise
         for waiter in waiters:
             waiter()
@@ -216,41 +230,47 @@ class Instance:
                  extra={"instance": self.index, "pid": proc.transport.pid, "spawn_seconds": spawn_s})
         self._emit("ready", pid=proc.transport.pid, seconds=spawn_s)
 
-    def _spawn(self) -> Optional[_Turn]:
-        """Start a process; return the turn that completes when it is ready."""
+    def _spawn(self) -> Tuple[_Process, Optional[_Turn]]:
+        """Start a process; return it and the turn that completes when it is ready."""
         adapter = self.adapter
         transport = make_transport(adapter.transport, adapter.command(self.index),
                                    adapter.environment(self.index), adapter.cwd)
-        with self._lock:
-            self._generation += 1
-            proc = _Process(transport, adapter.new_framer(), self._generation)
-            if self._state is not State.STARTING:  # stopped while we spawned: undo
-                stopped = True
-            else:
-                stopped = False
-                self._proc = proc
-            self.stderr.clear()
-            ready: Optional[_Turn] = None
-            if not adapter.ready_on_spawn:
-                # Registered before the readers start: a prompt printed at once
-                # must find its turn waiting.
-                ready = _Turn("ready", None)
-                self._turns.append(ready)
-                proc.framer.start_turn(None)
-        if stopped:
+        try:
+            framer = adapter.new_framer()
+            with self._lock:
+                self._generation += 1
+                proc = _Process(transport, framer, self._generation)
+        except BaseException:
+            _kill_transport(transport)  # nothing else owns it yet
+            raise
+        try:
+            with self._lock:
+                stopped = self._state is not State.STARTING  # stopped while we spawned: undo
+                ready: Optional[_Turn] = None
+                if not stopped:
+                    self._proc = proc
+                    self.stderr.clear()
+                    if not adapter.ready_on_spawn:
+                        # Registered before the readers start: a prompt printed at once
+                        # must find its turn waiting.
+                        ready = _Turn("ready", None)
+                        self._turns.append(ready)
+                        proc.framer.start_turn(None)
+            if stopped:
+                raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
+            name = f"toolpool-{self.index}.{proc.generation}"
+            proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
+                                 lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
+            proc.readers.append(StreamReader(transport.stdout_fd, _StdoutSink(self, proc), proc.stop,
+                                             f"{name}-stdout", exit_fd=transport.exit_fd))
+            if transport.stderr_fd is not None:
+                proc.readers.append(StreamReader(transport.stderr_fd, _StderrSink(self, proc), proc.stop,
+                                                 f"{name}-stderr"))
+            for reader in proc.readers:
+                reader.start()
+        except BaseException:
             self._dispose(proc, grace=0.0)
-            raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
-        name = f"toolpool-{self.index}.{proc.generation}"
-        proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
-                             lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
-        out = StreamReader(transport.stdout_fd, _StdoutSink(self, proc), proc.stop, f"{name}-stdout",
-                           exit_fd=transport.exit_fd)
-        proc.readers.append(out)
-        if transport.stderr_fd is not None:
-            proc.readers.append(StreamReader(transport.stderr_fd, _StderrSink(self, proc), proc.stop,
-                                             f"{name}-stderr"))
-        for reader in proc.readers:
-            reader.start()
+            raise
         log.info("instance %d spawned pid %d: %s", self.index, transport.pid, adapter.name,
                  extra={"instance": self.index, "pid": transport.pid, "generation": proc.generation})
         self._emit("spawned", pid=transport.pid, generation=proc.generation)
@@ -258,7 +278,7 @@ class Instance:
             hello = adapter.handshake()
             if hello:
                 proc.writer.write(hello)
-        return ready
+        return proc, ready
 
     def _await_start(self, turn: _Turn, deadline: float, limit: float, what: str) -> None:
         try:
@@ -275,23 +295,27 @@ class Instance:
             raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up "
                              f"(while waiting to {what})", exc.exit_code, exc.stderr_tail) from None
 
-    def _abort_start(self, exc: BaseException) -> None:
+    def _abort_start(self, exc: BaseException, proc: Optional[_Process]) -> None:
+        """Undo a failed start: this attempt's process and turns only."""
         with self._lock:
-            proc = self._proc
-            if self._state is State.STARTING:
+            mine = proc is None or self._proc is proc
+            if mine:
                 self._proc = None
-                self._set_state(State.EXITED)
-            self.last_error = str(exc)
-            if isinstance(exc, SpawnError):
-                self.last_exit_code = exc.exit_code
-            turns = list(self._turns)
-            self._turns.clear()
+                if self._state is State.STARTING:
+                    self._set_state(State.EXITED)
+                self.last_error = str(exc)
+                if isinstance(exc, SpawnError):
+                    self.last_exit_code = exc.exit_code
+                turns = list(self._turns)
+                self._turns.clear()
+            else:
+                turns = []
         for t in turns:
             if not t.future.done():
                 t.future.set_exception(exc if isinstance(exc, Exception) else ToolPoolError(str(exc)))
         if proc is not None:
             self._dispose(proc, grace=0.0)
-        if not isinstance(exc, (ToolNotFoundError, InstanceUnavailable)):  # not: stopped on purpose
+        if not isinstance(exc, (ToolNotFoundError, InstanceUnavailable, InstanceBusy)):  # not: stopped on purpose
             log.warning("instance %d failed to start: %s", self.index, exc, extra={"instance": self.index})
         self._emit("start_failed", error=str(exc))
 
@@ -313,22 +337,57 @@ class Instance:
 
         Requests still pending fail with :class:`InstanceUnavailable`.
         Returns when the process, its process group and the reader threads are
-        gone (or ``timeout`` passed, after SIGKILL).
+        gone (or ``timeout`` passed, after SIGKILL).  A second concurrent
+        ``stop`` waits for the first.  ``final``: never start again.
         """
         with self._lock:
             self._retired = self._retired or final
             if self._state is State.STOPPED:
-                return
-            if self._state is not State.STOPPING:
+                waiters = self._take_all_waiters() if final else []
+                proc, failed, done, other = None, [], None, None
+            elif self._state is State.STOPPING:
+                waiters, proc, failed, done, other = [], None, [], None, self._stop_done
+            else:
                 self._set_state(State.STOPPING)
-            proc, self._proc = self._proc, None
-            failed = self._take_turns(InstanceUnavailable(f"instance {self.index} was {reason}"))
+                self._stop_done = done = threading.Event()
+                proc, self._proc = self._proc, None
+                failed = self._take_turns(InstanceUnavailable(f"instance {self.index} was {reason}"))
+                waiters, other = [], None
+        if other is not None:
+            other.wait(timeout + 10.0)  # the first stop's SIGKILL wait is bounded too
+            return
+        if done is None:
+            for waiter in waiters:
+                waiter()
+            return
         self._resolve(failed)
-        if proc is not None:
-            self._dispose(proc, grace=timeout)
-        with self._lock:
-            self._set_state(State.STOPPED)
+        try:
+            if proc is not None:
+                self._dispose(proc, grace=timeout)
+        finally:
+            with self._lock:
+                if self._state is State.STOPPING:
+                    self._set_state(State.STOPPED)
+                # For good: whoever waits for this instance to become idle must hear now.
+                # Otherwise they wait for the next start (queued messages survive a restart).
+                waiters = self._take_all_waiters() if self._retired else []
+            done.set()
+        # Anyone waiting for this instance to become idle learns now that it will not.
+        for waiter in waiters:
+            waiter()
         self._emit("stopped")
+
+    def release_waiters(self) -> None:
+        """Run every when_idle callback now: the instance will not become idle by itself
+        (FATAL, or dead with restarts disabled).  They find it unavailable and fail their work."""
+        with self._lock:
+            waiters = self._take_all_waiters()
+        for waiter in waiters:
+            waiter()
+
+    def _take_all_waiters(self) -> List[Callable[[], None]]:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        return waiters
 
     def _dispose(self, proc: _Process, grace: float) -> None:
         """End a generation: shutdown order, then threads joined and fds closed."""
@@ -354,17 +413,23 @@ class Instance:
         # The tool is gone; anything left in its group is an orphaned grandchild.
         t.signal_group(signal.SIGKILL)
         proc.stop.set()
+        alive = []
         for reader in proc.readers:
             if reader is not threading.current_thread():
                 reader.join(5.0)
+                if reader.is_alive():
+                    alive.append(reader.name)
         if proc.writer is not None:
             proc.writer.close()
-        t.reap()
-        if t.returncode is None:  # the reader never saw the exit (should not happen)
-            try:
-                os.waitpid(t.pid, 0)
-            except ChildProcessError:
-                pass
+        if t.reap() is None:  # the reader never saw the exit: wait on the exit fd, bounded
+            select.select([t.exit_fd], [], [], 5.0)
+            if t.reap() is None:
+                log.error("instance %d: pid %d did not exit after SIGKILL; leaving it", self.index, t.pid)
+        if alive:
+            # Closing descriptors a thread still reads would let it read a reused fd number.
+            log.error("instance %d: reader threads %s did not stop; their descriptors are left open",
+                      self.index, alive)
+            return
         t.close()
         proc.stop.close()
 
@@ -403,6 +468,7 @@ class Instance:
             proc.framer.start_turn(prompt)
             self.bytes_in += len(data)
             turn.sent_at = time.perf_counter()
+            self.last_output_at = time.monotonic()  # silence counts from the prompt, not from the last answer
             if timings is not None and self.spawn_started_at is not None:
                 timings.process_age = turn.sent_at - self.spawn_started_at
         try:
@@ -510,6 +576,7 @@ class Instance:
             turn = _Turn("probe", None)
             self._turns.append(turn)
             self._set_state(State.BUSY)
+            self.last_output_at = time.monotonic()
             proc.framer.start_turn(None)
         try:
             proc.writer.write(data)
@@ -565,15 +632,17 @@ class Instance:
                 return
             self.last_exit_code = code
             proc.framer.exit_code = code
+            prompted = self.served > 0 or any(t.kind == "prompt" for t in self._turns)
             done = self._apply(proc.framer.on_exit())
             expected = self._state in (State.STOPPING, State.STOPPED)
             error = InstanceCrashed(self.index, code, self.stderr.text(), proc.framer.partial())
             failed = self._take_turns(error)
             done += failed
-            # A one-shot tool exits after every answer; only a lost request makes it a crash.
-            crashed = bool(failed) or not self.adapter.oneshot
+            # A one-shot process ends with its prompt, whatever its exit code (a bad prompt
+            # fails that request, not the slot); exiting before any prompt is a crash.
+            crashed = not self.adapter.oneshot or not prompted
             if not expected:
-                if crashed:
+                if crashed or failed:
                     self.last_error = str(error)
                 self._set_state(State.EXITED)
         # Orphaned grandchildren go now, not at the next restart.
@@ -584,6 +653,26 @@ class Instance:
                     self.index, proc.transport.pid, code,
                     extra={"instance": self.index, "pid": proc.transport.pid, "exit_code": code})
             self._emit("exited", exit_code=code, crashed=crashed, stderr_tail=self.stderr.text())
+
+    def _on_reader_error(self, proc: _Process, exc: BaseException) -> None:
+        """A bug (in a framer, say) stopped the stdout reader: nothing would ever be read again.
+
+        Fail what is pending, kill the process and report it as a crash, so the
+        supervisor replaces it instead of the instance hanging BUSY forever.
+        """
+        log.error("instance %d: reading the tool's output failed: %r", self.index, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__), extra={"instance": self.index})
+        with self._lock:
+            if proc is not self._proc or self._state not in (State.STARTING, State.IDLE, State.BUSY):
+                return
+            failed = self._take_turns(ToolPoolError(
+                f"instance {self.index}: internal error while reading the tool's output ({exc!r}); the process "
+                "was killed (see the toolpool log for the traceback)"))
+            self.last_error = f"reader error: {exc!r}"
+            self._set_state(State.EXITED)
+        proc.transport.signal_group(signal.SIGKILL)
+        self._resolve(failed)
+        self._emit("exited", exit_code=None, crashed=True, stderr_tail=self.stderr.text())
 
     def _on_write_error(self, proc: _Process, exc: BaseException) -> None:
         """The tool's input is closed: note it, decide nothing here.
@@ -640,7 +729,10 @@ class Instance:
                 setattr(response, key, value)
             else:
                 response.meta[key] = value
-        self.adapter.observe(self.index, response)
+        try:
+            self.adapter.observe(self.index, response)
+        except Exception:  # an adapter bug must not take the reader thread down
+            log.exception("adapter %s observe() failed (instance %d)", self.adapter.name, self.index)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("instance %d answered in %.6fs (queued %.6fs, spawn %.6fs, first byte %s, %s)", self.index,
                       timings.total, timings.queued, timings.spawn,
@@ -705,6 +797,14 @@ class Instance:
             }
 
 
+def _kill_transport(transport: Transport) -> None:
+    """Clean up a transport nothing else owns yet (a spawn that failed half-way)."""
+    transport.signal_group(signal.SIGKILL)
+    select.select([transport.exit_fd], [], [], 5.0)
+    transport.reap()
+    transport.close()
+
+
 class _StdoutSink:
     def __init__(self, instance: Instance, proc: _Process) -> None:
         self._i, self._p = instance, proc
@@ -720,6 +820,9 @@ class _StdoutSink:
 
     def on_exit(self) -> None:
         self._i._on_exit(self._p)
+
+    def on_error(self, exc: BaseException) -> None:
+        self._i._on_reader_error(self._p, exc)
 
 
 class _StderrSink:
@@ -738,3 +841,6 @@ class _StderrSink:
 
     def on_exit(self) -> None:
         pass
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("instance %d: reading stderr failed: %r", self._i.index, exc)

@@ -31,6 +31,7 @@ from .metrics import Stats
 from .response import Response, Timings
 from .scheduler import Scheduler
 from .states import LIVE_STATES, State
+from .streams import StreamReader
 from .supervision import FailureLog, RestartPolicy
 
 log = logging.getLogger("toolpool.pool")
@@ -39,6 +40,7 @@ STATUS_SCHEMA_VERSION = 1
 PoolListener = Callable[[str, Dict[str, Any]], None]
 
 _live_pools: "weakref.WeakSet[ToolProcessPool]" = weakref.WeakSet()
+_background_shutdowns: List[threading.Thread] = []
 
 
 @atexit.register
@@ -49,6 +51,14 @@ def _shutdown_forgotten_pools() -> None:
             pool.shutdown(timeout=2.0)
         except Exception:  # pragma: no cover - best effort at exit
             pass
+    for thread in list(_background_shutdowns):
+        thread.join(30.0)
+
+
+def _on_pool_thread() -> bool:
+    """True on a toolpool reader, scheduler or spawn thread (where callbacks run)."""
+    current = threading.current_thread()
+    return isinstance(current, StreamReader) or current.name.startswith(("toolpool-scheduler", "toolpool-spawn"))
 
 
 class AcquireTimeout(ToolPoolError, TimeoutError):
@@ -136,6 +146,8 @@ class ToolProcessPool:
         self._recycle_due = [False] * self.max_size
         self._queues: Dict[int, MessageQueue] = {}
         self._growing = False
+        self._leases: "weakref.WeakSet[Lease]" = weakref.WeakSet()
+        self._background_shutdown: Optional[threading.Thread] = None
         self._scheduler = Scheduler()
         self._executor = cf.ThreadPoolExecutor(max_workers=self.max_size, thread_name_prefix="toolpool-spawn")
         _live_pools.add(self)
@@ -192,24 +204,29 @@ class ToolProcessPool:
     # ----------------------------------------------------------- supervision
     def _supervise(self, inst: Instance, ran_for: Optional[float]) -> None:
         """A process died or failed to start: back off and restart, or give up."""
-        attempt = self._failures.record(inst.index, ran_for)
         with self._lock:
             if self._closed or not self._active[inst.index] or inst.state is not State.EXITED:
-                return
-            self._owner[inst.index] = None if self._owner[inst.index] == "dispatch" else self._owner[inst.index]
+                return  # already handled (each failure is recorded once)
+            if self._owner[inst.index] == "dispatch":
+                self._owner[inst.index] = None
+        attempt = self._failures.record(inst.index, ran_for)
         if attempt is None:
             if not self.policy.enabled:
+                inst.release_waiters()  # it will not become idle by itself
                 self._fail_waiters_if_hopeless()
                 return
-            inst.set_supervised_state(State.FATAL)
+            if not inst.set_supervised_state(State.FATAL):
+                return
             log.error("instance %d is FATAL: %d failures within %ss (last exit code %s)", inst.index,
                       self.policy.limit + 1, self.policy.window, inst.last_exit_code,
                       extra={"instance": inst.index, "exit_code": inst.last_exit_code})
             self._notify("fatal", {"index": inst.index, "exit_code": inst.last_exit_code,
                                    "stderr_tail": inst.stderr.text()})
+            inst.release_waiters()
             self._fail_waiters_if_hopeless()
             return
-        inst.set_supervised_state(State.BACKOFF)
+        if not inst.set_supervised_state(State.BACKOFF):
+            return
         delay = self.policy.backoff(attempt)
         log.info("instance %d restarting in %.2fs (attempt %d)", inst.index, delay, attempt,
                  extra={"instance": inst.index, "attempt": attempt, "delay": delay})
@@ -218,14 +235,14 @@ class ToolProcessPool:
 
     def _respawn_soon(self, inst: Instance, delay: float, count_restart: bool) -> None:
         def submit() -> None:
-            if not self._closed:
-                self._executor.submit(self._respawn, inst, count_restart)
+            try:
+                if not self._closed:
+                    self._executor.submit(self._respawn, inst, count_restart)
+            except RuntimeError:  # the executor shut down: the pool is closing
+                pass
 
         if delay <= 0:
-            try:
-                submit()
-            except RuntimeError:  # executor shut down: pool closing
-                pass
+            submit()
         else:
             self._scheduler.call_later(delay, submit)
 
@@ -354,7 +371,10 @@ class ToolProcessPool:
         with self._lock:
             if self._closed:
                 return
-            self._owner[inst.index] = "maint"
+            # A lease or by-index caller keeps its instance across the restart.
+            took = self._owner[inst.index] in (None, "dispatch")
+            if took:
+                self._owner[inst.index] = "maint"
         self._stats.incr("restarts")
         try:
             inst.restart(self.start_timeout, why=why)
@@ -363,7 +383,7 @@ class ToolProcessPool:
                 self._supervise(inst, ran_for=None)
         finally:
             with self._lock:
-                if self._owner[inst.index] == "maint":
+                if took and self._owner[inst.index] == "maint":
                     self._owner[inst.index] = None
             self._dispatch()
 
@@ -436,6 +456,7 @@ class ToolProcessPool:
                                      f"({self.check_health()['busy']} busy); raise the timeout or max_size") from None
             inst = req.future.result()  # handed over just as the timeout ran out: use it
         lease = Lease(self, inst)
+        self._leases.add(lease)
         try:
             yield lease
         finally:
@@ -444,7 +465,7 @@ class ToolProcessPool:
     def _release_lease(self, lease: Lease) -> None:
         inst = lease.instance
         if inst.state is State.BUSY:
-            inst.interrupt()
+            self._interrupt_or_recycle(inst)  # a tool that ignores the interrupt is restarted
         inst.discard_unread()  # the holder is gone; nobody will read these
         with self._lock:
             if self._owner[inst.index] == "lease":
@@ -528,8 +549,12 @@ class ToolProcessPool:
             with self._lock:
                 if self._owner[inst.index] == "dispatch":
                     self._owner[inst.index] = None
-                self._waiting.appendleft(req)
-            if inst.state is State.BUSY:
+                closed = self._closed
+                if not closed:
+                    self._waiting.appendleft(req)
+            if closed:
+                self._complete(req, exc=PoolClosed("the pool was shut down before this request was sent"))
+            elif inst.state is State.BUSY:
                 inst.when_idle(self._dispatch)
             return
         except Exception as exc:
@@ -548,9 +573,9 @@ class ToolProcessPool:
 
     def _finished(self, req: Request, inst: Instance, fut: cf.Future) -> None:
         exc = fut.exception()
-        retry = (isinstance(exc, InstanceCrashed) and req.retries > 0 and not req.future.done()
-                 and not self._closed)
         with self._lock:
+            retry = (isinstance(exc, InstanceCrashed) and req.retries > 0 and not req.future.done()
+                     and not self._closed)  # decided under the lock: shutdown drains _waiting under it
             if self._owner[inst.index] == "dispatch":
                 self._owner[inst.index] = None
             if self.max_requests and inst.served >= self.max_requests:
@@ -610,8 +635,8 @@ class ToolProcessPool:
         if req.future.done():
             return
         if queued or inst is None:
-            err = ResponseTimeout(f"no instance became free within {req.timeout}s (request still queued; "
-                                  f"{self.check_health()['busy']} instances busy)", phase="queue")
+            err = ResponseTimeout(f"no instance became free within {req.timeout}s (request still queued): "
+                                  f"{self._who_holds()}", phase="queue")
         else:
             partial = inst.partial_output()
             err = ResponseTimeout(f"instance {inst.index} gave no complete response within {req.timeout}s "
@@ -621,6 +646,29 @@ class ToolProcessPool:
                      extra={"phase": err.phase, "timeout": req.timeout})
         if inst is not None and not queued:
             self._interrupt_or_recycle(inst)
+
+    def _who_holds(self) -> str:
+        """Why no instance is free, for error messages."""
+        with self._lock:
+            owners = list(self._owner)
+            active = list(self._active)
+        parts = []
+        for i, inst in enumerate(self._slots):
+            if not active[i]:
+                continue
+            owner = owners[i]
+            if owner == "index":
+                what = f"held by a by-index caller (read_response({i}) releases it)"
+            elif owner == "lease":
+                what = "leased"
+            elif owner == "dispatch":
+                what = "answering a submitted request"
+            elif owner == "maint":
+                what = "being recycled or health-checked"
+            else:
+                what = inst.state.value
+            parts.append(f"instance {i} {what}")
+        return "; ".join(parts) or "no active instances"
 
     def _interrupt_or_recycle(self, inst: Instance) -> None:
         """Free an instance whose request timed out: interrupt, then restart if still stuck."""
@@ -644,7 +692,7 @@ class ToolProcessPool:
         if any(self._active[i] and s.state in (State.STARTING, State.BACKOFF) for i, s in enumerate(self._slots)):
             return None  # a process is already on its way
         for i, inst in enumerate(self._slots):
-            if not self._active[i]:
+            if not self._active[i] and self._owner[i] is None and inst.state is State.STOPPED:
                 self._active[i] = True
                 self._growing = True
                 return inst
@@ -654,26 +702,38 @@ class ToolProcessPool:
         log.info("growing the pool: starting instance %d", inst.index, extra={"instance": inst.index})
         try:
             inst.start(self.start_timeout)
-        except ToolPoolError as exc:
-            log.warning("growing failed: %s", exc)
+        except Exception as exc:
+            # No retry from here: the next submit or completion tries again, so a tool
+            # that cannot start does not spin.
+            log.warning("growing the pool failed: %s", exc)
+            inst.stop(0.5)
             with self._lock:
                 self._growing = False
                 self._active[inst.index] = False
-            inst.stop(0.5)
 
     def _idle_check(self, inst: Instance, since: float) -> None:
+        """Scheduler thread: shrink if ``inst`` stayed idle; the stop itself runs on the executor."""
         with self._lock:
             active = sum(self._active)
             i = inst.index
             if (self._closed or active <= self.min_size or not self._active[i] or self._owner[i] is not None
                     or inst.state is not State.IDLE or inst.state_since != since):
                 return
-            self._active[i] = False
-            self._owner[i] = "maint"
+            self._owner[i] = "maint"  # stays active (not growable) until it has stopped
         log.info("shrinking the pool: instance %d idle for %ss", i, self.max_idle, extra={"instance": i})
-        inst.stop()
-        with self._lock:
-            self._owner[i] = None
+        try:
+            self._executor.submit(self._shrink, inst)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _shrink(self, inst: Instance) -> None:
+        try:
+            inst.stop()
+        finally:
+            with self._lock:
+                self._active[inst.index] = False
+                if self._owner[inst.index] == "maint":
+                    self._owner[inst.index] = None
 
     # ---------------------------------------------------------- by index
     def _get(self, index: int) -> Instance:
@@ -869,12 +929,24 @@ class ToolProcessPool:
         joined and descriptors closed.  The scheduler and spawn threads are
         joined too.
         """
+        if _on_pool_thread():
+            # Called from a callback on one of toolpool's threads: waiting here for the
+            # threads to finish would wait on ourselves.  Finish in the background.
+            with self._lock:
+                if self._closed or self._background_shutdown is not None:
+                    return
+                thread = threading.Thread(target=self.shutdown, args=(timeout,), name="toolpool-shutdown",
+                                          daemon=True)
+                self._background_shutdown = thread
+                _background_shutdowns.append(thread)
+            thread.start()
+            return
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             waiting, self._waiting = list(self._waiting), collections.deque()
-            queues = list(self._queues.values())
+            queues = list(self._queues.values()) + [lease._queue for lease in list(self._leases)]
         _live_pools.discard(self)
         for req in waiting:
             self._complete(req, exc=PoolClosed("the pool was shut down before this request reached an instance"))

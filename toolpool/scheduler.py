@@ -22,15 +22,21 @@ log = logging.getLogger("toolpool.scheduler")
 class Timer:
     """A handle to cancel a scheduled call."""
 
-    __slots__ = ("when", "fn", "cancelled")
+    __slots__ = ("when", "fn", "cancelled", "_scheduler")
 
-    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+    def __init__(self, when: float, fn: Callable[[], None], scheduler: "Optional[Scheduler]" = None) -> None:
         self.when = when
-        self.fn = fn
+        self.fn: Optional[Callable[[], None]] = fn
         self.cancelled = False
+        self._scheduler = scheduler
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.fn = None  # drop what the callback holds (a request, its response) now, not at its due time
+        if self._scheduler is not None:
+            self._scheduler._note_cancelled()
 
 
 class Scheduler:
@@ -39,12 +45,13 @@ class Scheduler:
         self._heap: List[Tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._closed = False
+        self._cancelled = 0  # cancelled entries still in the heap
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
         """Run ``fn`` on the scheduler thread at ``time.monotonic()`` ``when``."""
-        timer = Timer(when, fn)
+        timer = Timer(when, fn, self)
         with self._cond:
             if self._closed:
                 timer.cancelled = True
@@ -53,6 +60,20 @@ class Scheduler:
             if self._heap[0][2] is timer:
                 self._cond.notify()
         return timer
+
+    def _note_cancelled(self) -> None:
+        """Rebuild the heap when cancelled entries outnumber live ones: bounded memory
+        for long timeouts that are almost always cancelled (request deadlines)."""
+        with self._cond:
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._heap)
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
         return self.call_at(time.monotonic() + max(0.0, delay), fn)
@@ -65,6 +86,7 @@ class Scheduler:
                         return
                     while self._heap and self._heap[0][2].cancelled:
                         heapq.heappop(self._heap)
+                        self._cancelled = max(0, self._cancelled - 1)
                     if not self._heap:
                         self._cond.wait()
                         continue
@@ -73,10 +95,11 @@ class Scheduler:
                         timer = heapq.heappop(self._heap)[2]
                         break
                     self._cond.wait(delay)
-            if timer.cancelled:
+            fn = timer.fn
+            if timer.cancelled or fn is None:
                 continue
             try:
-                timer.fn()
+                fn()
             except Exception:  # a bug in one callback must not stop the others
                 log.exception("scheduled callback failed")
 

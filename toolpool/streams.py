@@ -44,6 +44,9 @@ class Sink(Protocol):
     def on_exit(self) -> None:
         """The process exited (only for the reader given an ``exit_fd``)."""
 
+    def on_error(self, exc: BaseException) -> None:
+        """Reading or handling a chunk raised: the reader stops after this call."""
+
 
 class StopSignal:
     """A pipe whose readability tells every reader of one process to stop."""
@@ -139,10 +142,9 @@ class StreamReader(threading.Thread):
                     return
                 if self.eof.is_set() and self._exit_fd is None:
                     return
-        except Exception:  # pragma: no cover - a bug; never leave a caller waiting
+        except Exception as exc:  # a bug somewhere downstream: never leave a caller waiting
             self.eof.set()
-            self._sink.on_eof()
-            raise
+            self._sink.on_error(exc)
 
 
 class Writer:

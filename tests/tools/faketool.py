@@ -45,6 +45,7 @@ def main() -> int:
     ap.add_argument("--crash-on-start", type=int, default=None)
     ap.add_argument("--no-prompt", action="store_true")
     ap.add_argument("--ignore-term", action="store_true")
+    ap.add_argument("--ignore-int", action="store_true", help="SIGINT does nothing (an uninterruptible tool)")
     ap.add_argument("--banner", default="faketool ready")
     ap.add_argument("--grandchild", default=None, help="spawn a sleeping grandchild at start")
     ap.add_argument("--only-once", default=None, metavar="PATH",
@@ -52,7 +53,7 @@ def main() -> int:
     args = ap.parse_args()
 
     global in_command, interrupted
-    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.ignore_int else on_sigint)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.grandchild:
