@@ -171,3 +171,13 @@ def test_a_spawn_failing_half_way_leaks_nothing(baseline):
         ToolProcessPool(_NoFramer(fake_cmd(), r"tp> $"), 2, restart=False)
     assert open_fds() == baseline["fds"]
     assert wait_until(lambda: set(threading.enumerate()) == baseline["threads"], 10)
+
+
+def test_responses_taken_through_the_future_are_not_kept_twice(make_pool):
+    pool = make_pool(fake_adapter(), 1)
+    for n in range(50):
+        assert pool.send_prompt(0, f"f{n}").result(10).text == f"you said: f{n}"
+    assert len(pool.instances()[0]._unread) <= 1
+    with pytest.raises(ToolPoolError, match="no response pending"):
+        pool.read_response(0, timeout=1)  # nothing left unread: this also releases the claim
+    assert pool.submit("dispatch uses it again").result(10).index == 0

@@ -42,6 +42,23 @@ Listener = Callable[["Instance", str, Dict[str, Any]], None]
 Completion = Tuple[cf.Future, Any, bool]  # (future, value, is_exception)
 
 
+class _TurnFuture(cf.Future):
+    """A Future that knows whether its outcome was taken, so a response a caller
+    got through the Future is not kept for :meth:`Instance.read` as well."""
+
+    consumed = False
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        value = super().result(timeout)
+        self.consumed = True
+        return value
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        exc = super().exception(timeout)
+        self.consumed = True
+        return exc
+
+
 class _Turn:
     """One exchange with the tool: readiness, a warm-up prompt, or a request."""
 
@@ -52,7 +69,7 @@ class _Turn:
                  timings: Optional[Timings] = None) -> None:
         self.kind = kind
         self.prompt = prompt
-        self.future: cf.Future = cf.Future()
+        self.future: _TurnFuture = _TurnFuture()
         self.future.set_running_or_notify_cancel()  # sent turns cannot be cancelled, only interrupted
         self.on_event = on_event
         self.created = time.perf_counter()
@@ -167,6 +184,7 @@ class Instance:
 
     def has_unread(self) -> bool:
         with self._lock:
+            self._drop_consumed()
             return bool(self._unread)
 
     def _emit(self, event: str, **info: Any) -> None:
@@ -462,6 +480,7 @@ class Instance:
             self._turns.append(turn)
             if kind == "prompt":
                 if unread:  # only callers that will read() it back; dispatch holds the Future
+                    self._drop_consumed()
                     self._unread.append(turn)
                 self.requests += 1
                 self._set_state(State.BUSY)
@@ -500,10 +519,16 @@ class Instance:
         once if the process dies first.
         """
         with self._lock:
+            self._drop_consumed()
             if not self._unread:
                 raise ToolPoolError(f"instance {self.index} has no response pending: call send_prompt first")
             turn = self._unread[0]
         return self._wait(turn, timeout)
+
+    def _drop_consumed(self) -> None:
+        """Lock held.  Forget responses whose caller already took them from the Future."""
+        while self._unread and self._unread[0].future.done() and self._unread[0].future.consumed:
+            self._unread.popleft()
 
     def _wait(self, turn: _Turn, timeout: Optional[float]) -> Response:
         try:
