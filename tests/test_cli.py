@@ -92,3 +92,19 @@ def test_doctor_lists_every_adapter():
     res = subprocess.run([sys.executable, "-m", "toolpool", "doctor"], capture_output=True, text=True, env=env,
                          timeout=120, cwd=ROOT)
     assert "CLAUDECODE set" in res.stdout
+
+
+def test_progress_bar_on_a_terminal():
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "toolpool", "run", "-n", "2", "--option", "think=0.05",
+                                           "--out", os.devnull],
+                          cwd=ROOT, env=dict(os.environ, COLUMNS="100"), dimensions=(24, 100), timeout=60,
+                          encoding="utf-8")
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = child.before
+    assert child.exitstatus == 0, screen
+    assert "6/6" in screen and "prompt" in screen and "100%" in screen  # tqdm's bar, not plain lines
+    assert "[6/6] prompt" not in screen
+    assert "succeeded     6" in screen
