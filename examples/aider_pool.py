@@ -24,17 +24,15 @@ import concurrent.futures as cf
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 from toolpool import ToolProcessPool
 from toolpool.adapters import AiderAdapter
 from toolpool.adapters.aider import aider_command
-from toolpool.testing import FakeOpenAIServer, RecordedRequest
+from toolpool.testing import FakeOpenAIServer, RecordedRequest, find_tool
 
 FILES = {
     "calc.py": "def add(a, b):\n    return a + b\n",
@@ -42,19 +40,6 @@ FILES = {
     "paths.py": "import os\n\n\ndef home():\n    return os.path.expanduser('~')\n",
 }
 TASK = "Add a one-line module docstring at the top of {name}. Change nothing else."
-
-
-def find_tool(env_var: str, name: str, installed: str) -> Optional[str]:
-    """$ENV_VAR, then PATH, then ~/.cache/toolpool/real-tools (or $TOOLPOOL_TOOLS_DIR)."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which(name)
-    if found:
-        return found
-    base = os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools")
-    path = os.path.join(base, installed)
-    return path if os.access(path, os.X_OK) else None
 
 
 def make_repo(root: str) -> str:
@@ -97,7 +82,7 @@ def edit(pool: ToolProcessPool, name: str) -> str:
 
 
 def main() -> int:
-    aider = find_tool("TOOLPOOL_AIDER", "aider", "aider-venv/bin/aider")
+    aider = find_tool("aider")
     if aider is None:
         print("SKIPPED: aider not found: set TOOLPOOL_AIDER, put aider on PATH, "
               "or run scripts/install-real-tools.sh")

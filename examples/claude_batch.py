@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import time
-from typing import Optional
 
 from toolpool import ToolProcessPool
 from toolpool.adapters import ClaudeAdapter
-from toolpool.testing import FakeAnthropicServer
+from toolpool.testing import FakeAnthropicServer, find_tool
 
 PROMPTS = [
     "Summarise what a connection pool is in one sentence.",
@@ -41,21 +39,8 @@ PROMPTS = [
 ]
 
 
-def find_tool(env_var: str, name: str, installed: str) -> Optional[str]:
-    """$ENV_VAR, then PATH, then ~/.cache/toolpool/real-tools (or $TOOLPOOL_TOOLS_DIR)."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which(name)
-    if found:
-        return found
-    base = os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools")
-    path = os.path.join(base, installed)
-    return path if os.access(path, os.X_OK) else None
-
-
 def main() -> int:
-    claude = find_tool("TOOLPOOL_CLAUDE", "claude", "claude/node_modules/.bin/claude")
+    claude = find_tool("claude")
     if claude is None:
         print("SKIPPED: claude (Claude Code) not found: set TOOLPOOL_CLAUDE, put claude on PATH, "
               "or run scripts/install-real-tools.sh")

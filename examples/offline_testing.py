@@ -22,15 +22,13 @@ says so and exits 0.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from toolpool import ResponseTimeout, ToolProcessPool
 from toolpool.adapters import ClaudeAdapter
-from toolpool.testing import FakeAnthropicServer, RecordedRequest, Reply
+from toolpool.testing import FakeAnthropicServer, RecordedRequest, Reply, find_tool
 
 
 # --------------------------------------------------------------- the code under test
@@ -88,21 +86,8 @@ def fake_model(request: RecordedRequest) -> str:
     return "bug" if "crash" in request.user_text or "segfault" in request.user_text else "feature"
 
 
-def find_tool(env_var: str, name: str, installed: str) -> Optional[str]:
-    """$ENV_VAR, then PATH, then ~/.cache/toolpool/real-tools (or $TOOLPOOL_TOOLS_DIR)."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which(name)
-    if found:
-        return found
-    base = os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools")
-    path = os.path.join(base, installed)
-    return path if os.access(path, os.X_OK) else None
-
-
 def main() -> int:
-    claude = find_tool("TOOLPOOL_CLAUDE", "claude", "claude/node_modules/.bin/claude")
+    claude = find_tool("claude")
     if claude is None:
         print("SKIPPED: claude (Claude Code) not found: set TOOLPOOL_CLAUDE, put claude on PATH, "
               "or run scripts/install-real-tools.sh")

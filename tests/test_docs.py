@@ -13,13 +13,14 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
+
+from toolpool.testing import find_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -72,20 +73,6 @@ def python_blocks(path: str) -> List[Tuple[int, str]]:
 
 def tools_needed(code: str) -> List[str]:
     return [tool for tool, pattern in _NEEDS.items() if pattern.search(code)]
-
-
-def find_tool(tool: str) -> Optional[str]:
-    """Like tests/integration/conftest.py: $TOOLPOOL_X, PATH, then the install dir."""
-    env_var, installed = TOOLS[tool]
-    explicit = os.environ.get(env_var)
-    candidates = [explicit] if explicit else [
-        shutil.which(tool),
-        os.path.join(os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools"),
-                     installed)]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return os.path.abspath(path)
-    return None
 
 
 def _cases() -> list:

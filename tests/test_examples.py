@@ -9,12 +9,13 @@ when CI=true, where scripts/install-real-tools.sh has installed them.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+
+from toolpool.testing import find_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -59,20 +60,6 @@ CASES: Dict[str, Tuple[Optional[str], float, List[str]]] = {
         "paths.py: edited", "3 files changed, 3 insertions(+)",
         "calc.py: first line now '\"\"\"calc.py: part of the toolpool aider example.\"\"\"'"]),
 }
-
-
-def find_tool(tool: str) -> Optional[str]:
-    """Like tests/integration/conftest.py: $TOOLPOOL_X, PATH, then the install dir."""
-    env_var, name, installed = TOOLS[tool]
-    explicit = os.environ.get(env_var)
-    candidates = [explicit] if explicit else [
-        shutil.which(name),
-        os.path.join(os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools"),
-                     installed)]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 def require_tool(tool: str) -> None:

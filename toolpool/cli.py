@@ -11,7 +11,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from .adapters import adapter_names, create_adapter
 from .errors import ToolPoolError
 from .pool import ToolProcessPool
 from .response import Response
+from .testing.tools import find_tool
 
 SAMPLE_PROMPTS = [
     "Summarise what this repository does",
@@ -222,23 +222,12 @@ def _version(path: str) -> str:
     return text[0] if text else f"unknown (exit {out.returncode})"
 
 
-def _find_tool(name: str, env_var: str, cache_rel: str) -> Optional[str]:
-    if os.environ.get(env_var):
-        return os.environ[env_var]
-    found = shutil.which(name)
-    if found:
-        return found
-    cache = os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools")
-    candidate = os.path.join(cache, cache_rel)
-    return candidate if os.access(candidate, os.X_OK) else None
-
-
 def doctor_report() -> List[Dict[str, Any]]:
     """What would work here: one entry per adapter with problems and fixes."""
     env = os.environ
     rows: List[Dict[str, Any]] = [{"tool": "demo", "executable": sys.executable, "found": True,
                                    "version": f"built in (toolpool {__version__})", "problems": []}]
-    claude = _find_tool("claude", "TOOLPOOL_CLAUDE", "claude/node_modules/.bin/claude")
+    claude = find_tool("claude")
     problems = []
     if not claude:
         problems.append("`claude` not found: npm install -g @anthropic-ai/claude-code (or set TOOLPOOL_CLAUDE)")
@@ -250,7 +239,7 @@ def doctor_report() -> List[Dict[str, Any]]:
                         "toolpool.testing.FakeAnthropicServer for offline runs")
     rows.append({"tool": "claude", "executable": claude, "found": bool(claude),
                  "version": _version(claude) if claude else None, "problems": problems})
-    aider = _find_tool("aider", "TOOLPOOL_AIDER", "aider-venv/bin/aider")
+    aider = find_tool("aider")
     problems = []
     if not aider:
         problems.append("`aider` not found: pipx install aider-chat (or set TOOLPOOL_AIDER)")

@@ -10,32 +10,15 @@ skip would hide a broken install.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 from typing import Iterator, List, Optional
 
 import pytest
 
+from toolpool.testing import find_tool
+
 INSTALL_HINT = "run scripts/install-real-tools.sh"
-
-
-def tools_dir() -> str:
-    return os.environ.get("TOOLPOOL_TOOLS_DIR") or os.path.expanduser("~/.cache/toolpool/real-tools")
-
-
-def _executable(path: Optional[str]) -> Optional[str]:
-    if path and os.path.isfile(path) and os.access(path, os.X_OK):
-        return os.path.abspath(path)
-    return None
-
-
-def find_tool(env_var: str, name: str, installed: str) -> Optional[str]:
-    """The tool's absolute path, or None.  ``installed`` is relative to :func:`tools_dir`."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return _executable(explicit)  # an explicit choice is never second-guessed
-    return _executable(shutil.which(name)) or _executable(os.path.join(tools_dir(), installed))
 
 
 def _require(tool: str, path: Optional[str], env_var: str) -> str:
@@ -52,14 +35,14 @@ def _require(tool: str, path: Optional[str], env_var: str) -> str:
 @pytest.fixture(scope="session")
 def claude_path() -> str:
     """Absolute path of the real ``claude`` (Claude Code) executable."""
-    return _require("claude", find_tool("TOOLPOOL_CLAUDE", "claude", "claude/node_modules/.bin/claude"),
+    return _require("claude", find_tool("claude"),
                     "TOOLPOOL_CLAUDE")
 
 
 @pytest.fixture(scope="session")
 def aider_path() -> str:
     """Absolute path of the real ``aider`` executable."""
-    return _require("aider", find_tool("TOOLPOOL_AIDER", "aider", "aider-venv/bin/aider"), "TOOLPOOL_AIDER")
+    return _require("aider", find_tool("aider"), "TOOLPOOL_AIDER")
 
 
 class ProxyTrap:

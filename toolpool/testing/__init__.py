@@ -22,6 +22,7 @@ their shared base, :class:`FakeLLMServer`).
 from ._http import FakeLLMServer, RecordedRequest, Reply, last_user_text
 from .fake_anthropic import FakeAnthropicServer
 from .fake_openai import FakeOpenAIServer
+from .tools import find_tool, tools_dir
 
 __all__ = [
     "FakeAnthropicServer",
@@ -29,5 +30,7 @@ __all__ = [
     "FakeOpenAIServer",
     "RecordedRequest",
     "Reply",
+    "find_tool",
     "last_user_text",
+    "tools_dir",
 ]
