@@ -304,7 +304,11 @@ def test_overflow_is_reported_and_the_rest_discarded():
 class Signals:
     def __init__(self, f: AiderFramer) -> None:
         self.sent: List[Tuple[float, int]] = []
-        self.control = Control(lambda data: None, self.signal, lambda sig: True, f)
+        # To the process group: a shell command aider runs must stop too.  Never to aider alone.
+        self.control = Control(lambda data: None, self.wrong, self.signal, f)
+
+    def wrong(self, sig: int) -> bool:
+        raise AssertionError("SIGINT must go to aider's process group, not to aider alone")
 
     def signal(self, sig: int) -> bool:
         self.sent.append((time.monotonic(), sig))
@@ -416,3 +420,42 @@ def test_given_home_keeps_a_real_price_list(tmp_path):
     assert prices.read_text() == '{"gpt-x": {"max_tokens": 1}}'
     assert time.time() - prices.stat().st_mtime < 60
     a.close()
+
+
+def test_a_command_that_calls_the_model_waits_like_a_message():
+    f = framer(settle=0.15, unconfirmed_settle=1.0)
+    ready(f)
+    f.start_turn(aider_command("/ask", "what is this?"))
+    f.feed(b"\n> a quoted line from the model\n\n> ")
+    assert f.settle == 1.0  # /ask streams a model reply: a "> " line may be a pause
+    f.start_turn(aider_command("/add", "calc.py"))
+    f.feed(b"\nAdded calc.py to the chat\n\ncalc.py\n> ")
+    assert f.settle == 0.15
+
+
+def test_a_second_model_call_after_a_usage_line_withdraws_the_confirmation():
+    f = framer(settle=0.15, unconfirmed_settle=1.0)
+    ready(f)
+    f.start_turn("please look at README.md")
+    f.feed(b"\nECHO: first\nTokens: 9 sent, 3 received.\n")
+    assert f.settle == 0.15
+    f.feed(b"\nREADME.md\nAdd file to the chat? (Y)es/(N)o [Yes]: y\n")
+    assert f.settle == 1.0  # aider goes on with another model call
+
+
+def test_a_retry_notice_quoted_in_a_reply_is_not_an_api_error():
+    f = framer(settle=0.0, unconfirmed_settle=0.0)
+    ready(f)
+    f.start_turn("show me a log")
+    frames = f.feed(b"\nThe client logs:\nRetrying in 2 seconds...\nthen it works.\n"
+                    b"Tokens: 9 sent, 3 received.\n\n> ")
+    assert [fr.error for fr in frames] == [None] and "Retrying in 2 seconds" in frames[0].text
+    assert not f.wants_interrupt
+
+
+def test_aider_without_a_model_fails_start_up_at_once():
+    from toolpool.errors import SpawnError
+    f = framer()
+    f.start_turn(None)
+    frames = f.feed(b"No LLM model was specified and no API keys were provided.\n")
+    assert frames and isinstance(frames[0].error, SpawnError) and "pass model=" in str(frames[0].error)

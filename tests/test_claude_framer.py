@@ -420,3 +420,17 @@ def test_pool_reports_a_missing_claude(tmp_path):
 
     with pytest.raises(ToolNotFoundError, match="npm install @anthropic-ai/claude-code"):
         ToolProcessPool(ClaudeAdapter(env={"PATH": str(tmp_path)}), 1)
+
+
+def test_an_interrupt_marker_quoted_by_a_tool_does_not_end_the_turn():
+    driver = Driver(ClaudeFramer(session=True))
+    driver.begin("t1", "run the tool")
+    quoted = {"type": "user", "message": {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "x", "content": "[Request interrupted by user]"}]}}
+    lines = [{"type": "system", "subtype": "init", "session_id": "s"}, quoted,
+             {"type": "result", "subtype": "success", "is_error": False, "result": "done", "session_id": "s"}]
+    driver.feed(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    driver.quiet()
+    frame = driver.result("t1")
+    assert frame.text == "done" and not frame.fields.get("meta", {}).get("interrupted") \
+        and frame.fields.get("is_error") is False

@@ -108,3 +108,13 @@ def test_progress_bar_on_a_terminal():
     assert "6/6" in screen and "prompt" in screen and "100%" in screen  # tqdm's bar, not plain lines
     assert "[6/6] prompt" not in screen
     assert "succeeded     6" in screen
+
+
+def test_usage_errors_exit_2_with_the_problem_named(tmp_path):
+    cases = [(["--option", "foo", "--prompt", "x"], "--option takes KEY=VALUE"),
+             (["--prompts-file", str(tmp_path / "missing.txt")], "cannot read prompts"),
+             (["--prompt", "x", "--out", str(tmp_path / "no" / "dir.jsonl")], "cannot write output"),
+             (["--prompt", "x", "--model", "m"], "unexpected keyword argument 'model'")]
+    for extra, message in cases:
+        res = toolpool("run", *extra)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, (extra, res.stderr)

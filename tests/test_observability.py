@@ -1,6 +1,7 @@
 """stats/pop_stats, Prometheus metrics, logging, atomic redacted status dumps, schemas."""
 
 import json
+import sys
 import logging
 import os
 import stat
@@ -126,3 +127,29 @@ def test_redaction_patterns():
     assert redact_text("GITHUB_TOKEN=ghp_abcdefghijklmnop") == "GITHUB_TOKEN=***"
     assert redact_text("mine is hunter2hunter", secrets=["hunter2hunter"]) == "mine is ***"
     assert redact_text("nothing secret here: 42 tokens used") == "nothing secret here: 42 tokens used"
+
+
+def test_one_collector_for_several_pools(make_pool):
+    a, b = make_pool(fake_adapter(), 1), make_pool(fake_adapter(), 1)
+    a.submit("x").result(30)
+    registry = CollectorRegistry()
+    registry.register(PoolCollector({"batch": a, "chat": b}))
+    text = generate_latest(registry).decode()
+    assert 'toolpool_requests_total{pool="batch",tool="repl"} 1.0' in text
+    assert 'toolpool_requests_total{pool="chat",tool="repl"} 0.0' in text
+
+
+def test_secrets_in_json_and_urls_are_redacted():
+    assert redact_text('{"JIRA_API_TOKEN": "abcd1234efgh"}') == '{"JIRA_API_TOKEN": "***"}'
+    assert redact_text("https://user:pw12@host/v1") == "https://***@host/v1"
+
+
+def test_an_adapter_with_per_slot_state_serves_one_pool_at_a_time(make_pool, tmp_path):
+    from toolpool.adapters import ClaudeAdapter
+    adapter = ClaudeAdapter(cli_path=sys.executable)  # never started here
+    adapter.attach()
+    with pytest.raises(ValueError, match="already used by another pool"):
+        adapter.attach()
+    adapter.detach()
+    adapter.attach()  # free again once the first user is done
+    adapter.detach()

@@ -387,3 +387,14 @@ def test_failing_reply_function_answers_500() -> None:
         assert status == 500 and "bug in the test" in json.loads(raw)["error"]["message"]
         server.script("fine")
         assert http("POST", server.url + "/v1/chat/completions", openai_body())[0] == 200
+
+
+@pytest.mark.timeout(30)
+def test_a_closed_server_can_start_again():
+    server = FakeOpenAIServer()
+    server.start()
+    server.close()
+    with pytest.raises(RuntimeError, match="not started"):
+        server.url  # no stale address
+    with server:
+        assert server.url.startswith("http://127.0.0.1:")

@@ -43,7 +43,7 @@ def _tool_options(args: argparse.Namespace) -> Dict[str, Any]:
     for item in args.option or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"toolpool: --option takes KEY=VALUE, got {item!r}")
+            raise ValueError(f"--option takes KEY=VALUE, got {item!r}")
         try:
             options[key] = json.loads(value)
         except ValueError:
@@ -61,6 +61,10 @@ def _tool_options(args: argparse.Namespace) -> Dict[str, Any]:
             options["env"] = env
         else:
             options["api_base"] = args.api_base
+    if args.tool in ("claude", "aider") and "cli_path" not in options:
+        found = find_tool(args.tool)  # where `toolpool doctor` finds it
+        if found:
+            options["cli_path"] = found
     return options
 
 
@@ -163,16 +167,30 @@ def _summary(records: Iterable[Dict[str, Any]], total: int, elapsed: float, stre
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    prompts = _read_prompts(args)
+    try:
+        prompts = _read_prompts(args)
+    except OSError as exc:
+        print(f"toolpool: cannot read prompts: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not prompts:
         print("toolpool: no prompts: give --prompt TEXT or --prompts-file FILE (- for stdin)", file=sys.stderr)
         return EXIT_USAGE
     try:
         adapter = create_adapter(args.tool, **_tool_options(args))
-    except (ValueError, TypeError) as exc:
+    except TypeError as exc:  # an option the adapter does not take, or one it needs
+        print(f"toolpool: cannot set up tool {args.tool!r}: {exc}; pass its options with --option KEY=VALUE "
+              "(see docs/adapters.md)", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
         print(f"toolpool: cannot set up tool {args.tool!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        if args.status_file:  # fail now, not after the first answer
+            open(args.status_file, "a").close()
+    except OSError as exc:
+        print(f"toolpool: cannot write output: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.perf_counter()
     records: List[Dict[str, Any]] = []
     interrupted = False
@@ -199,6 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress.close()
                 if args.status_file:
                     pool.dump_status(args.status_file)
+    except KeyboardInterrupt:  # during start-up or shutdown
+        interrupted = True
+        print("\ntoolpool: interrupted", file=sys.stderr)
     except ToolPoolError as exc:
         print(f"toolpool: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -101,6 +101,7 @@ class MessageQueue:
         if entry.future.done():
             return
         index = self._instance.index
+        on_request = self._instance.requests  # before callbacks can send the next prompt
         if queued:
             err = ResponseTimeout(f"prompt still queued for instance {index} after {timeout}s", phase="queue")
         else:
@@ -112,7 +113,7 @@ class MessageQueue:
         except cf.InvalidStateError:
             return
         if not queued:
-            self._instance.interrupt()
+            self._instance.interrupt(expect_requests=on_request)
 
     def __len__(self) -> int:
         with self._lock:

@@ -304,14 +304,23 @@ class Instance:
         except cf.TimeoutError:
             with self._lock:
                 partial = self._proc.framer.partial() if self._proc else b""
-            shown = partial[-500:].decode(self.adapter.encoding, "replace")
-            hint = self.adapter.diagnose(shown, self.stderr.text())
             raise SpawnError(f"{self.adapter.name} (instance {self.index}) did not {what} within {limit:g}s"
-                             f"; last output: {shown!r}" + (f"; hint: {hint}" if hint else ""),
-                             None, self.stderr.text()) from None
+                             + self._startup_output(partial), None, self._redacted(self.stderr.text())) from None
         except InstanceCrashed as exc:
             raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up "
-                             f"(while waiting to {what})", exc.exit_code, exc.stderr_tail) from None
+                             f"(while waiting to {what})" + self._startup_output(exc.partial),
+                             exc.exit_code, self._redacted(exc.stderr_tail)) from None
+
+    def _startup_output(self, partial: bytes) -> str:
+        """What the tool printed on stdout, and the adapter's hint: many tools report start-up errors there."""
+        shown = partial[-500:].decode(self.adapter.encoding, "replace")
+        hint = self.adapter.diagnose(shown, self.stderr.text())
+        return f"; last output: {self._redacted(shown)!r}" + (f"; hint: {hint}" if hint else "")
+
+    def _redacted(self, text: str) -> str:
+        from .status import redact_text, secret_values  # the tool may echo a key it was given
+
+        return redact_text(text, secret_values(self.adapter.secret_env()))
 
     def _abort_start(self, exc: BaseException, proc: Optional[_Process]) -> None:
         """Undo a failed start: this attempt's process and turns only."""
@@ -571,10 +580,16 @@ class Instance:
             self._unread.clear()
         return n
 
-    def interrupt(self) -> bool:
-        """Ask the tool to cancel the turn in progress.  False if nothing to cancel."""
+    def interrupt(self, expect_requests: Optional[int] = None) -> bool:
+        """Ask the tool to cancel the turn in progress.  False if nothing to cancel.
+
+        ``expect_requests``: only if the instance is still on that request
+        (its ``requests`` count), so a late interrupt never hits the next one.
+        """
         with self._lock:
             if self._state is not State.BUSY or self._proc is None:
+                return False
+            if expect_requests is not None and self.requests != expect_requests:
                 return False
             proc = self._proc
             proc.framer.interrupt_sent()

@@ -122,6 +122,7 @@ class ToolProcessPool:
             raise ValueError("adapter_options only applies when adapter is given by name")
         if not isinstance(adapter, Adapter):
             raise TypeError(f"adapter must be an Adapter or a registered name, got {type(adapter).__name__}")
+        adapter.attach()  # detached (and closed, when last) at shutdown
         self.adapter = adapter
         self.start_timeout = start_timeout
         self.max_waiting = max_waiting
@@ -634,6 +635,9 @@ class ToolProcessPool:
             inst = req.instance
         if req.future.done():
             return
+        # Which request the instance is on now: resolving the future below runs callbacks
+        # that may dispatch the next one, which the interrupt must not hit.
+        on_request = inst.requests if inst is not None else 0
         if queued or inst is None:
             err = ResponseTimeout(f"no instance became free within {req.timeout}s (request still queued): "
                                   f"{self._who_holds()}", phase="queue")
@@ -645,7 +649,7 @@ class ToolProcessPool:
             log.info("request timed out in %s after %ss", err.phase, req.timeout,
                      extra={"phase": err.phase, "timeout": req.timeout})
         if inst is not None and not queued:
-            self._interrupt_or_recycle(inst)
+            self._interrupt_or_recycle(inst, on_request)
 
     def _who_holds(self) -> str:
         """Why no instance is free, for error messages."""
@@ -670,11 +674,16 @@ class ToolProcessPool:
             parts.append(f"instance {i} {what}")
         return "; ".join(parts) or "no active instances"
 
-    def _interrupt_or_recycle(self, inst: Instance) -> None:
-        """Free an instance whose request timed out: interrupt, then restart if still stuck."""
+    def _interrupt_or_recycle(self, inst: Instance, requests: Optional[int] = None) -> None:
+        """Free an instance whose request timed out: interrupt, then restart if still stuck.
+
+        ``requests``: the instance's request count when that request was on it; nothing
+        is done once it has moved on to another.
+        """
         generation = inst._generation
-        requests = inst.requests
-        inst.interrupt()
+        requests = inst.requests if requests is None else requests
+        if not inst.interrupt(expect_requests=requests):
+            return
 
         def still_stuck() -> None:
             if (inst._generation == generation and inst.requests == requests and inst.state is State.BUSY
@@ -916,7 +925,7 @@ class ToolProcessPool:
         """
         from .status import dump_status, secret_values
 
-        secrets = secret_values({**self.adapter.environment(0), **self.adapter.env})
+        secrets = secret_values(self.adapter.secret_env())
         return dump_status(self.get_status(), path, secrets)
 
     # ---------------------------------------------------------------- shutdown
@@ -962,7 +971,7 @@ class ToolProcessPool:
         for t in threads:
             t.join()
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self.adapter.close()
+        self.adapter.detach()
         log.info("pool shut down (%d instances)", len(self._slots))
 
     close = shutdown

@@ -8,7 +8,7 @@ work to the request path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Dict, Iterator, Mapping, Union
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -34,35 +34,46 @@ _HISTOGRAMS = {
 
 
 class PoolCollector(Collector):
-    """Exposes one pool's figures under ``toolpool_*`` names, labelled by ``pool``."""
+    """Exposes pools' figures under ``toolpool_*`` names, labelled by ``pool`` and ``tool``.
 
-    def __init__(self, pool: "ToolProcessPool", name: str = "default") -> None:
-        self.pool = pool
-        self.name = name
+    ``PoolCollector(pool, name="default")`` for one pool, or
+    ``PoolCollector({"batch": pool_a, "chat": pool_b})`` for several: one
+    collector per registry, since each metric family may be registered once.
+    """
+
+    def __init__(self, pool: "Union[ToolProcessPool, Mapping[str, ToolProcessPool]]", name: str = "default") -> None:
+        self.pools: Dict[str, "ToolProcessPool"] = dict(pool) if isinstance(pool, Mapping) else {name: pool}
+        if not self.pools:
+            raise ValueError("PoolCollector needs at least one pool")
 
     def collect(self) -> Iterator[Metric]:
         labels = ["pool", "tool"]
-        values = [self.name, self.pool.adapter.name]
-        life = self.pool._stats.lifetime()
+        snapshots = [([name, pool.adapter.name], pool._stats.lifetime(), pool.check_health())
+                     for name, pool in self.pools.items()]
         for key, doc in _COUNTERS.items():
             family = CounterMetricFamily(f"toolpool_{key}", doc, labels=labels)
-            family.add_metric(values, life["counters"][key])
+            for values, life, _ in snapshots:
+                family.add_metric(values, life["counters"][key])
             yield family
         for key, direction in (("bytes_in", "written to"), ("bytes_out", "read from")):
             family = CounterMetricFamily(f"toolpool_{key}", f"Bytes {direction} tools", labels=labels)
-            family.add_metric(values, life["counters"][key])
+            for values, life, _ in snapshots:
+                family.add_metric(values, life["counters"][key])
             yield family
         for key, doc in _HISTOGRAMS.items():
-            hist = life["histograms"][key]
             family = HistogramMetricFamily(f"toolpool_{key}_seconds", doc, labels=labels)
-            buckets = [("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in hist["buckets"]]
-            family.add_metric(values, buckets, hist["sum"])
+            for values, life, _ in snapshots:
+                hist = life["histograms"][key]
+                buckets = [("+Inf" if bound == float("inf") else repr(bound), count)
+                           for bound, count in hist["buckets"]]
+                family.add_metric(values, buckets, hist["sum"])
             yield family
-        health = self.pool.check_health()
         family = GaugeMetricFamily("toolpool_instances", "Instances by condition", labels=labels + ["condition"])
-        for condition in ("total", "alive", "idle", "busy", "starting", "backoff", "fatal"):
-            family.add_metric(values + [condition], health[condition])
+        for values, _, health in snapshots:
+            for condition in ("total", "alive", "idle", "busy", "starting", "backoff", "fatal"):
+                family.add_metric(values + [condition], health[condition])
         yield family
         waiting = GaugeMetricFamily("toolpool_requests_waiting", "Requests queued for an instance", labels=labels)
-        waiting.add_metric(values, health["waiting"])
+        for values, _, health in snapshots:
+            waiting.add_metric(values, health["waiting"])
         yield waiting

@@ -26,7 +26,8 @@ _SECRET_PATTERNS = [
     re.compile(r"\b(?:ghp|gho|ghs|github_pat|xox[abp])_[A-Za-z0-9_]{10,}"),  # GitHub / Slack tokens
     re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._\-+/=]{8,}"),
     re.compile(r"(?i)\b([A-Z0-9_]*(?:api[_-]?key|token|secret|password|passwd|credential)[A-Z0-9_]*)"
-               r"(\s*[=:]\s*)(['\"]?)[^\s'\",;]{4,}"),
+               r"(['\"]?\s*[=:]\s*)(['\"]?)[^\s'\",;}]{4,}"),  # NAME=v, NAME: v, "NAME": "v" (JSON)
+    re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),  # credentials in a URL
 ]
 _SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential|auth)")
 
@@ -42,7 +43,9 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if value and value in text:
             text = text.replace(value, "***")
     for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 3:
+        if pattern.groups == 1 and "://" in pattern.pattern:
+            text = pattern.sub(lambda m: f"{m.group(1)}***@", text)
+        elif pattern.groups >= 3:
             text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
         elif pattern.groups == 1:
             text = pattern.sub(lambda m: f"{m.group(1)} ***", text)

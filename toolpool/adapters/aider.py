@@ -33,7 +33,7 @@ import time
 import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import ToolPoolError
+from ..errors import SpawnError, ToolPoolError
 from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer
 from .repl import PromptFramer, compile_prompt
 
@@ -63,6 +63,10 @@ _USAGE = re.compile(
 _NOTICE = re.compile(r"^\^C again to exit[ \t]*$\n?", re.MULTILINE)
 _API_ERROR = re.compile(r"^litellm\.\w+Error: ", re.MULTILINE)
 _RETRY = re.compile(r"^Retrying in [\d.]+ seconds\.\.\.")
+#: aider commands that never call the model: their turns end at the prompt after the short
+#: settle.  Any other command (/ask, /code, /architect, /run...) may stream a model reply.
+_LOCAL_COMMANDS = frozenset({"/add", "/drop", "/ls", "/tokens", "/clear", "/reset", "/undo", "/diff",
+                             "/read-only", "/model", "/chat-mode", "/map", "/help", "/git", "/commit"})
 
 #: Home files aider (and git, which it runs) read; linked into a private HOME
 #: so that a user's aider config, keys and git identity still apply.
@@ -246,6 +250,7 @@ class AiderFramer(Framer):
         self._interrupt_sent = False
         self.wants_interrupt = False  # asks the instance to interrupt (proposed core hook)
         self._prompted = False  # the turn answers a prompt (not start-up)
+        self._known_files: "set[str]" = set()  # the chat's file lines, as last listed
         self._error_text: List[str] = []
         # Read by AiderAdapter.interrupt (outside the instance lock).
         self.turn = 0
@@ -259,7 +264,8 @@ class AiderFramer(Framer):
         self.turn += 1
         self.in_turn = True
         self._prompted = prompt is not None
-        self._message = prompt is not None and not isinstance(prompt, AiderCommand)
+        self._message = prompt is not None and not (
+            isinstance(prompt, AiderCommand) and (prompt.startswith("!") or prompt.split()[0] in _LOCAL_COMMANDS))
         try:
             self._expect = encode_prompt(prompt).count("\n") if prompt is not None else 0
         except ValueError:
@@ -313,6 +319,16 @@ class AiderFramer(Framer):
         self._line[:] = rest
         for raw in lines:
             line = raw.decode(self.encoding, "replace")
+            if (self._confirmed and line.strip() and not line.startswith(("Tokens: ", "Cost: "))
+                    and line not in self._known_files):
+                # More than usage and file lines after a usage line: aider went on with another
+                # model call (it adds a file the reply mentions); wait for that one too.
+                self._confirmed = False
+            if not self._prompted and line.startswith("No LLM model was specified"):
+                # aider would now offer an OpenRouter login and wait minutes for a browser.
+                frames.append(Frame(error=SpawnError(
+                    "aider has no model to use: pass model= (and api_key=/api_base=), or on the command "
+                    "line --model (and --option api_key=..., --api-base)"), final=False))
             if line.startswith("Tokens: ") and " received." in line:
                 self._confirmed = True
             elif line.startswith("^C again to exit"):
@@ -320,7 +336,7 @@ class AiderFramer(Framer):
             elif _API_ERROR.match(line):
                 self._confirmed = True
                 self._error_text = [line]
-            elif _RETRY.match(line):
+            elif _RETRY.match(line) and self._error_text:  # aider's notice follows its error line
                 self._retries += 1
                 if (self.max_api_retries is not None and self._retries > self.max_api_retries
                         and not self._failed):
@@ -362,6 +378,7 @@ class AiderFramer(Framer):
                                                interrupted=self._interrupt_sent)
             self._lead.clear()
             self.in_turn = False
+            self._known_files = set(fields.get("files", ()))
             out.append(Frame(raw=raw, text=body, fields=fields, error=error if self._prompted else None))
         return out
 
@@ -383,6 +400,8 @@ def _in_git_work_tree(path: str) -> bool:
 
 class AiderAdapter(Adapter):
     """Runs ``aider`` in a pipe, one chat per instance; see the module docs.
+
+    Serves one pool at a time (``shareable = False``): each slot has a private HOME.
 
     ``cli_path``: the aider executable (default ``aider`` on PATH).
     ``model``, ``api_base``: ``--model`` and ``--openai-api-base``.
@@ -585,7 +604,7 @@ class AiderAdapter(Adapter):
         """
         framer = control.framer
         if not isinstance(framer, AiderFramer):
-            control.signal_process(signal.SIGINT)
+            control.signal_group(signal.SIGINT)
             return
         self._sigint(control, framer, framer.turn)
 
@@ -601,7 +620,9 @@ class AiderAdapter(Adapter):
                 wait = max(wait, framer.settle + 0.05)
             if wait <= 0:
                 framer.last_sigint = now
-                control.signal_process(signal.SIGINT)
+                # The group: a shell command aider runs (!cmd, /run) reads the same stdin and
+                # would swallow the next prompt if it outlived the interrupt.
+                control.signal_group(signal.SIGINT)
                 return
             if framer.sigint_scheduled == turn:
                 return  # a timer for this turn is already waiting
@@ -618,6 +639,12 @@ class AiderAdapter(Adapter):
         with self._lock:
             self._timers.add(retry)
         retry.start()
+
+    def secret_env(self) -> Dict[str, str]:
+        env = super().secret_env()
+        if self.api_key:
+            env["AIDER_OPENAI_API_KEY"] = self.api_key
+        return env
 
     # -- status ------------------------------------------------------------------------
     def describe(self) -> Dict[str, Any]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -130,6 +131,9 @@ class Adapter:
     transport: str = "pipe"
     ready_on_spawn: bool = False
     oneshot: bool = False
+    #: False for adapters with per-slot state on disk (config dirs, private HOMEs): two pools
+    #: using one at once would share slot N's state.  Such an adapter serves one pool at a time.
+    shareable: bool = True
 
     def __init__(self, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                  start_timeout: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -146,6 +150,25 @@ class Adapter:
         self.encoding = encoding
         self.stderr_tail_bytes = stderr_tail_bytes
         self._warmup = list(warmup)
+        self._users = 0
+        self._users_lock = threading.Lock()
+
+    # -- lifetime (called by the pool) -------------------------------------------------
+    def attach(self) -> None:
+        """A pool starts using this adapter."""
+        with self._users_lock:
+            if self._users and not self.shareable:
+                raise ValueError(f"this {self.name} adapter is already used by another pool, and its slots keep "
+                                 "state on disk; create one adapter per pool")
+            self._users += 1
+
+    def detach(self) -> None:
+        """A pool is done with this adapter; the last one out calls :meth:`close`."""
+        with self._users_lock:
+            self._users = max(0, self._users - 1)
+            last = self._users == 0
+        if last:
+            self.close()
 
     # -- process ---------------------------------------------------------------
     def command(self, slot: int) -> List[str]:
@@ -180,6 +203,13 @@ class Adapter:
 
     def observe(self, slot: int, response: Any) -> None:
         """Called with every response of ``slot`` (e.g. to remember a session id)."""
+
+    def secret_env(self) -> Dict[str, str]:
+        """Variables whose secret-looking values must never appear in a status dump.
+
+        No side effects (unlike :meth:`environment`, which may create directories).
+        """
+        return {**os.environ, **self.env}
 
     def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
         """A hint for a tool that did not become ready, from what it printed (or None)."""

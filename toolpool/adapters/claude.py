@@ -55,6 +55,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import weakref
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
@@ -339,8 +340,8 @@ class ClaudeFramer(Framer):
             turn.model = obj.get("model", turn.model)
         elif kind == "assistant":
             turn.texts.append(_assistant_text(obj))
-        elif kind == "user" and _is_interrupt_marker(obj):
-            turn.marker_seen = True
+        elif kind == "user" and turn.interrupt_requested and _is_interrupt_marker(obj):
+            turn.marker_seen = True  # only after our interrupt: a tool result may quote the marker
         elif kind == "control_request":
             log.warning("claude asked for %r, which toolpool does not answer; avoid options that make claude "
                         "ask its client (such as --permission-prompt-tool stdio)",
@@ -401,6 +402,7 @@ class ClaudeFramer(Framer):
 
 
 class ClaudeAdapter(Adapter):
+    shareable = False  # per-slot config directories: one pool at a time
     """Claude Code's ``claude`` CLI (see the module docs for modes and contracts).
 
     ``cli_path``: the executable (default: ``claude`` on PATH).  ``model``,
@@ -440,6 +442,9 @@ class ClaudeAdapter(Adapter):
                          stderr_tail_bytes=stderr_tail_bytes, warmup=warmup)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "oneshot" and warmup:
+            raise ValueError("warmup needs mode='session': a one-shot claude answers one prompt and exits, "
+                             "so a warm-up would use up the process meant for the first request")
         if isinstance(extra_args, str) or not all(isinstance(a, str) for a in extra_args):
             raise ValueError("extra_args must be a list of strings (argv items), e.g. ['--effort', 'low']")
         if isinstance(allowed_tools, str):
@@ -475,6 +480,7 @@ class ClaudeAdapter(Adapter):
         self.config_dir = os.fspath(config_dir) if config_dir is not None else None
         self._config_root: Optional[str] = self.config_dir
         self._owns_config_root = False
+        self._cleanup: Optional[weakref.finalize] = None
         self._config_lock = threading.Lock()
 
     # -- process ---------------------------------------------------------------------
@@ -531,6 +537,8 @@ class ClaudeAdapter(Adapter):
             if self._config_root is None:
                 self._config_root = tempfile.mkdtemp(prefix="toolpool-claude-")
                 self._owns_config_root = True
+                # Removed at close(), or when the adapter is garbage-collected or the program exits.
+                self._cleanup = weakref.finalize(self, shutil.rmtree, self._config_root, True)
             path = os.path.join(self._config_root, f"slot-{slot}")
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
@@ -538,11 +546,12 @@ class ClaudeAdapter(Adapter):
     def close(self) -> None:
         """Remove the temporary config directories (never a ``config_dir`` given by the caller)."""
         with self._config_lock:
-            root, owned = self._config_root, self._owns_config_root
+            owned, cleanup = self._owns_config_root, self._cleanup
             if owned:
-                self._config_root, self._owns_config_root = None, False
-        if owned and root:
-            shutil.rmtree(root, ignore_errors=True)
+                self._config_root, self._owns_config_root, self._cleanup = None, False, None
+            self._sessions.clear()  # they lived in the directory being removed
+        if owned and cleanup is not None:
+            cleanup()
 
     # -- protocol --------------------------------------------------------------------
     def handshake(self) -> Optional[bytes]:

@@ -395,6 +395,7 @@ class FakeLLMServer:
         httpd.server_close()  # closes the socket and joins the handler threads
         thread.join()
         self._thread = None
+        self._httpd = None  # start() may serve again (on a new port when port=0)
 
     def __enter__(self: _S) -> _S:  # noqa: PYI019
         return self.start()
