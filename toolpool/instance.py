@@ -143,6 +143,11 @@ class Instance:
         return proc.transport.pid if proc is not None and self._state in LIVE_STATES else None
 
     @property
+    def generation(self) -> int:
+        """How many processes this slot has started (identifies the current one)."""
+        return self._generation
+
+    @property
     def alive(self) -> bool:
         return self._state in LIVE_STATES
 
@@ -177,10 +182,7 @@ class Instance:
 
     def _take_idle_waiters(self) -> List[Callable[[], None]]:
         """Lock held.  The waiters to run now that the instance is IDLE."""
-        if self._state is not State.IDLE or not self._idle_waiters:
-            return []
-        waiters, self._idle_waiters = self._idle_waiters, []
-        return waiters
+        return self._take_all_waiters() if self._state is State.IDLE else []
 
     def has_unread(self) -> bool:
         with self._lock:

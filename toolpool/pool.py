@@ -269,15 +269,15 @@ class ToolProcessPool:
             self._growing = False
         if self.max_lifetime:
             lifetime = self.max_lifetime * random.uniform(0.9, 1.0)  # jitter: no synchronized recycling
-            generation = inst.status()["generation"]
+            generation = inst.generation
             self._scheduler.call_later(lifetime, lambda: self._lifetime_up(inst, generation))
         self._dispatch()
 
     def _failures_reset_later(self, inst: Instance) -> None:
         """Lock held.  A process that stays up ``stable_after`` seconds earns a fresh budget."""
-        generation = inst._generation
+        generation = inst.generation
         self._scheduler.call_later(self.policy.stable_after, lambda: (
-            self._failures.reset(inst.index) if inst._generation == generation and inst.alive else None))
+            self._failures.reset(inst.index) if inst.generation == generation and inst.alive else None))
 
     def _hopeless(self) -> bool:
         """Lock held.  True when no instance can ever take a request without a caller's restart."""
@@ -306,7 +306,7 @@ class ToolProcessPool:
 
     # ------------------------------------------------------------- recycling
     def _lifetime_up(self, inst: Instance, generation: int) -> None:
-        if inst.status()["generation"] != generation or self._closed:
+        if inst.generation != generation or self._closed:
             return
         with self._lock:
             self._recycle_due[inst.index] = True
@@ -314,6 +314,8 @@ class ToolProcessPool:
 
     def _maybe_recycle(self, inst: Instance) -> bool:
         """Recycle ``inst`` now if it is due and free; True if it was taken for it."""
+        if not self._recycle_due[inst.index]:  # the common case, without the lock; rechecked below
+            return False
         with self._lock:
             i = inst.index
             if not (self._recycle_due[i] and self._owner[i] is None and inst.state is State.IDLE) or self._closed:
@@ -592,10 +594,8 @@ class ToolProcessPool:
             if isinstance(exc, ResponseTooLarge):
                 self._interrupt_or_recycle(inst)  # the rest may never end: cut it short
             inst.when_idle(self._dispatch)
-        if self._recycle_due[inst.index] and self._maybe_recycle(inst):
-            pass
-        elif self._waiting:  # unlocked peek: a request queued after the release dispatches itself
-            self._dispatch()
+        if not self._maybe_recycle(inst) and self._waiting:
+            self._dispatch()  # unlocked peek: a request queued after the release dispatches itself
         if self.max_idle and inst.state is State.IDLE:
             since = inst.state_since
             self._scheduler.call_later(self.max_idle, lambda: self._idle_check(inst, since))
@@ -680,13 +680,13 @@ class ToolProcessPool:
         ``requests``: the instance's request count when that request was on it; nothing
         is done once it has moved on to another.
         """
-        generation = inst._generation
+        generation = inst.generation
         requests = inst.requests if requests is None else requests
         if not inst.interrupt(expect_requests=requests):
             return
 
         def still_stuck() -> None:
-            if (inst._generation == generation and inst.requests == requests and inst.state is State.BUSY
+            if (inst.generation == generation and inst.requests == requests and inst.state is State.BUSY
                     and not self._closed):
                 log.warning("instance %d did not stop after an interrupt; restarting it", inst.index)
                 self._executor.submit(self._force_restart, inst, "did not answer an interrupt")
