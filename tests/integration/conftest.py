@@ -77,7 +77,7 @@ class ProxyTrap:
 
     def env(self) -> dict:
         return {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url, "https_proxy": self.url,
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+                "ALL_PROXY": self.url, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
     def close(self) -> None:
         self._closing.set()

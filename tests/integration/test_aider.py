@@ -1,8 +1,9 @@
 """The real aider CLI in a pool, against toolpool.testing.FakeOpenAIServer (offline).
 
-Every aider process gets HTTP(S)_PROXY pointing at a refusing listener on
-127.0.0.1 (the fake itself is reached through NO_PROXY), so an unexpected
-fetch from aider cannot leave the machine and fails the test that caused it.
+Every aider process gets HTTP(S)_PROXY and ALL_PROXY pointing at the shared
+``proxy_trap`` on 127.0.0.1 (the fake itself is reached through NO_PROXY), so
+an unexpected fetch from aider cannot leave the machine and fails the test
+that caused it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -24,50 +23,12 @@ from toolpool.errors import InstanceCrashed
 from toolpool.states import State
 from toolpool.testing import FakeOpenAIServer, Reply
 
+from .conftest import ProxyTrap
+
 pytestmark = pytest.mark.realtools
 
 MODEL = "openai/fake-model"
 SECRET = "sk-test-secret-4242"
-
-
-class ConnectionTrap:
-    """A listener on 127.0.0.1 that counts and refuses connections: the proxy for everything else."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.hits = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="proxy-trap")
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.hits += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
-@pytest.fixture
-def trap() -> Iterator[ConnectionTrap]:
-    t = ConnectionTrap()
-    yield t
-    t.close()
-    assert t.hits == 0, "aider tried to reach a host other than the fake server"
 
 
 @pytest.fixture
@@ -93,9 +54,8 @@ def git_repo(tmp_path) -> str:
     return repo
 
 
-def adapter(aider_path: str, server: FakeOpenAIServer, trap: ConnectionTrap, cwd: str, **kw: Any) -> AiderAdapter:
-    proxy = {"HTTP_PROXY": trap.url, "HTTPS_PROXY": trap.url, "http_proxy": trap.url, "https_proxy": trap.url,
-             "ALL_PROXY": trap.url, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+def adapter(aider_path: str, server: FakeOpenAIServer, trap: ProxyTrap, cwd: str, **kw: Any) -> AiderAdapter:
+    proxy = trap.env()
     kw.setdefault("start_timeout", 45.0)
     return AiderAdapter(aider_path, model=MODEL, api_base=server.url + "/v1", api_key=SECRET, cwd=cwd,
                         env=proxy, **kw)
@@ -118,9 +78,9 @@ def wait_idle(pool: Any, index: int, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_conversations_in_a_git_repo(aider_path, server, trap, git_repo, make_pool):
+def test_conversations_in_a_git_repo(aider_path, server, proxy_trap, git_repo, make_pool):
     t0 = time.monotonic()
-    pool = make_pool(adapter(aider_path, server, trap, git_repo), count=2, restart=False)
+    pool = make_pool(adapter(aider_path, server, proxy_trap, git_repo), count=2, restart=False)
     started = time.monotonic() - t0
 
     # Two instances, three turns each, run side by side; each keeps its own context.
@@ -196,7 +156,7 @@ def test_conversations_in_a_git_repo(aider_path, server, trap, git_repo, make_po
 
 
 @pytest.mark.timeout(60)
-def test_non_git_dir_with_user_config(aider_path, server, trap, tmp_path, make_pool, monkeypatch):
+def test_non_git_dir_with_user_config(aider_path, server, proxy_trap, tmp_path, make_pool, monkeypatch):
     # The user's ~/.aider.conf.yml still applies through the private HOME, and
     # the user's HOME gets nothing written to it.
     user_home = tmp_path / "user-home"
@@ -206,7 +166,7 @@ def test_non_git_dir_with_user_config(aider_path, server, trap, tmp_path, make_p
     work = tmp_path / "work"
     work.mkdir()
     _write(str(work / "notes.txt"), "remember the milk\n")
-    ad = adapter(aider_path, server, trap, str(work), files=["notes.txt"])
+    ad = adapter(aider_path, server, proxy_trap, str(work), files=["notes.txt"])
     assert "--no-git" in ad.command(0)
     pool = make_pool(ad, count=1, restart=False)
 
@@ -222,8 +182,8 @@ def test_non_git_dir_with_user_config(aider_path, server, trap, tmp_path, make_p
 
 
 @pytest.mark.timeout(90)
-def test_interrupts_crash_and_api_errors(aider_path, server, trap, git_repo, make_pool):
-    pool = make_pool(adapter(aider_path, server, trap, git_repo), count=2, restart=False)
+def test_interrupts_crash_and_api_errors(aider_path, server, proxy_trap, git_repo, make_pool):
+    pool = make_pool(adapter(aider_path, server, proxy_trap, git_repo), count=2, restart=False)
 
     # Interrupt while the server has not answered yet: an empty, interrupted response.
     server.script(Reply("too late", delay=30))
