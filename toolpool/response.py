@@ -67,6 +67,11 @@ class Response:
     tokens_received: Optional[int] = None
     # anything else an adapter wants to report
     meta: Dict[str, Any] = field(default_factory=dict)
+    #: True for a turn the tool started by itself (e.g. claude after a background
+    #: task finished): delivered to event subscribers, never to a request.
+    unsolicited: bool = False
+    #: The cluster node that answered (``toolpool.ray``); None for a local pool.
+    node: Optional[str] = None
 
     def __str__(self) -> str:
         return self.text
