@@ -11,13 +11,16 @@ from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClo
                      ResponseTimeout, ResponseTooLarge, SpawnError, ToolNotFoundError, ToolPoolError)
 from .instance import Instance
 from .pool import ToolProcessPool
+from .redact import install_log_redaction
 from .response import Response, Timings
 from .states import State
 
 __version__ = "0.1.0"
 
 # A library logs, the application decides where it goes: silent until configured.
+# Every record of the toolpool tree is redacted before any handler sees it.
 logging.getLogger("toolpool").addHandler(logging.NullHandler())
+install_log_redaction("toolpool")
 
 __all__ = [
     "AcquireTimeout", "CommandAdapter", "Lease", "RestartPolicy",

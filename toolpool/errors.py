@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .redact import redact_text
+
 
 class ToolPoolError(Exception):
     """Base class of every toolpool error."""
@@ -28,10 +30,12 @@ class SpawnError(ToolPoolError):
     """The tool could not be started, or never became ready.
 
     ``exit_code`` is None when the process was still running (it never showed
-    readiness within ``start_timeout`` and was killed).
+    readiness within ``start_timeout`` and was killed).  The message and
+    ``stderr_tail`` are redacted (a tool may print the key it was given).
     """
 
     def __init__(self, message: str, exit_code: Optional[int] = None, stderr_tail: str = "") -> None:
+        message, stderr_tail = redact_text(message), redact_text(stderr_tail)
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
         if exit_code is not None:
@@ -57,9 +61,13 @@ class ResponseTimeout(ToolPoolError, TimeoutError):
 
 
 class InstanceCrashed(ToolPoolError):
-    """The tool process exited while a request was pending or being sent."""
+    """The tool process exited while a request was pending or being sent.
+
+    ``stderr_tail`` is redacted; ``partial`` is the tool's own output, as it came.
+    """
 
     def __init__(self, index: int, exit_code: Optional[int], stderr_tail: str = "", partial: bytes = b"") -> None:
+        stderr_tail = redact_text(stderr_tail)
         self.index = index
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail

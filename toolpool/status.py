@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional
+
+from . import redact as _redact
 
 try:  # Python 3.9+: importlib.resources.files
     from importlib.resources import files as _files
@@ -21,49 +22,20 @@ except ImportError:  # pragma: no cover
 
 SCHEMA_NAMES = ("pool_status.schema.json", "pool_instance.schema.json")
 
-_SECRET_PATTERNS = [
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),                       # OpenAI/Anthropic style keys
-    re.compile(r"\b(?:ghp|gho|ghs|github_pat|xox[abp])_[A-Za-z0-9_]{10,}"),  # GitHub / Slack tokens
-    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._\-+/=]{8,}"),
-    re.compile(r"(?i)\b([A-Z0-9_]*(?:api[_-]?key|token|secret|password|passwd|credential)[A-Z0-9_]*)"
-               r"(['\"]?\s*[=:]\s*)(['\"]?)[^\s'\",;}]{4,}"),  # NAME=v, NAME: v, "NAME": "v" (JSON)
-    re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),  # credentials in a URL
-]
-_SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential|auth)")
-
-
+# The core imports these names from here; they are thin wrappers over toolpool.redact.
 def secret_values(env: Optional[Dict[str, str]] = None) -> List[str]:
     """Values of environment variables whose names look secret (long enough to matter)."""
-    env = dict(os.environ) if env is None else env
-    return sorted({v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 6}, key=len, reverse=True)
+    return _redact.secret_values(env)
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    for value in secrets:
-        if value and value in text:
-            text = text.replace(value, "***")
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups == 1 and "://" in pattern.pattern:
-            text = pattern.sub(lambda m: f"{m.group(1)}***@", text)
-        elif pattern.groups >= 3:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
-        elif pattern.groups == 1:
-            text = pattern.sub(lambda m: f"{m.group(1)} ***", text)
-        else:
-            text = pattern.sub("***", text)
-    return text
+    """See :func:`toolpool.redact.redact_text`."""
+    return _redact.redact_text(text, secrets)
 
 
 def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
     """A deep copy of ``obj`` with every string passed through :func:`redact_text`."""
-    secrets = list(secrets)
-    if isinstance(obj, str):
-        return redact_text(obj, secrets)
-    if isinstance(obj, dict):
-        return {k: redact(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v, secrets) for v in obj]
-    return obj
+    return _redact.redact(obj, secrets)
 
 
 def dump_status(status: Dict[str, Any], path: "os.PathLike[str] | str", secrets: Iterable[str] = ()) -> str:

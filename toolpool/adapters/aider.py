@@ -648,8 +648,11 @@ class AiderAdapter(Adapter):
 
     # -- status ------------------------------------------------------------------------
     def describe(self) -> Dict[str, Any]:
+        """Options and argv with secrets redacted: the key never, a password inside ``api_base`` neither."""
+        from ..redact import redact, redact_url
+
         d = super().describe()
-        d.update(model=self.model, api_base=self.api_base, api_key="***" if self.api_key else None,
+        d.update(model=self.model, api_base=redact_url(self.api_base), api_key="***" if self.api_key else None,
                  home=self.home or "(private per slot)", edit_format=self.edit_format, files=list(self.files),
                  warmup=self.warmup, settle=self.settle)
-        return d
+        return redact(d, [self.api_key] if self.api_key else ())

@@ -611,7 +611,9 @@ class ClaudeAdapter(Adapter):
     # -- status ----------------------------------------------------------------------
     def describe(self) -> Dict[str, Any]:
         """Mode and argv (secrets redacted), env *keys* only: never values or API keys."""
-        return {
+        from ..redact import redact
+
+        return redact({
             "name": self.name,
             "mode": self.mode,
             "transport": self.transport,
@@ -621,4 +623,4 @@ class ClaudeAdapter(Adapter):
             "oneshot": self.oneshot,
             "max_retries": self.max_retries,
             "config_dir": self.config_dir,
-        }
+        })
