@@ -123,7 +123,7 @@ def crash_run(keys: dict[str, str], tmp_path: Any, caplog: Any) -> dict[str, Any
 @pytest.mark.parametrize("where", ["error", "last_error", "dump", "logs"])
 def test_shaped_keys_redacted_after_a_crash(where, tmp_path, caplog):
     run = crash_run(SHAPED, tmp_path, caplog)
-    assert "sk-ant-***" in run["error"], "the tool's stderr should be in the error, redacted"
+    assert "raw value: ***" in run["error"], "the tool's stderr should be in the error, redacted"
     assert_clean(where, run[where], run["values"])
 
 
@@ -174,7 +174,7 @@ def failed_start_run(caplog: Any) -> dict[str, Any]:
 
 def test_spawn_error_and_its_logs_redacted(caplog):
     run = failed_start_run(caplog)
-    assert "exit code 7" in run["error"] and "sk-ant-***" in run["error"], run["error"]  # shown, redacted
+    assert "exit code 7" in run["error"] and "raw value: ***" in run["error"], run["error"]  # shown, redacted
     assert_clean("SpawnError / last_error", run["error"], run["values"])
     assert_clean("log records", run["logs"], run["values"])
     assert "start_failed" in run["names"] and "fatal" in run["names"], run["names"]
@@ -194,7 +194,7 @@ def test_aider_describe_hides_api_base_password_and_key():
     try:
         shown = json.dumps(adapter.describe())
         assert adapter.api_key not in shown and adapter.api_base not in shown
-        assert "https://me:***@127.0.0.1:9/v1" in shown
+        assert "https://***@127.0.0.1:9/v1" in shown
         assert sorted(adapter_secrets(adapter)) == sorted([adapter.api_key, adapter.api_base.split(":", 2)[2]
                                                            .split("@")[0]])
     finally:
@@ -256,8 +256,8 @@ def test_registry_by_value_is_counted():
 
 def test_redact_deep_and_secret_keys():
     obj = {"api_key": "plainvalue", "nested": [("sk-ant-" + "q" * 20,)], "tokens_sent": 3, "note": None}
-    assert redact(obj) == {"api_key": "***", "nested": [("sk-ant-***",)], "tokens_sent": 3, "note": None}
-    assert redact_url("https://u:p/w@h/x") == "https://u:***@h/x" and redact_url(None) is None
+    assert redact(obj) == {"api_key": "***", "nested": [("***",)], "tokens_sent": 3, "note": None}
+    assert redact_url("https://u:p/w@h/x") == "https://***@h/x" and redact_url(None) is None
 
 
 def test_secret_values_from_env_and_urls():
@@ -277,14 +277,14 @@ def test_log_filter_redacts_message_args_extra_and_traceback(caplog):
     log.debug("plain %d", 42)
     assert caplog.records[-1].getMessage() == "plain 42"
     assert_clean("log records", log_text(caplog.records) + caplog.text, [key])
-    assert "sk-ant-***" in caplog.text
+    assert "failed with *** and {'k': '***'}" in caplog.text
 
 
 def test_log_filter_keeps_a_malformed_record_visible():
     record = logging.LogRecord("toolpool.x", logging.INFO, __file__, 1, "two %s %s", ("sk-ant-" + "z" * 20,),
                                None)
     assert RedactingFilter().filter(record) is True
-    assert "sk-ant-***" in record.getMessage() and "z" * 20 not in record.getMessage()
+    assert "***" in record.getMessage() and "z" * 20 not in record.getMessage()
 
 
 def test_status_wrappers_still_importable():

@@ -88,14 +88,15 @@ _SHAPES: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = tuple(
     (triggers, re.compile(pattern, re.IGNORECASE)) for triggers, pattern in (
         # An Authorization header (or a curl -H line): the whole credential, whatever the scheme.
         (("authorization",),
-         r"(\bauthorization[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token|digest)\s+)?[^\s\"',;]+"),
+         r"(\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',;]+"),
         (("bearer",), r"(\bbearer\s+)[A-Za-z0-9._~+/=-]{16,}"),
-        # Passwords in URLs: a user, a colon, anything up to the @ (a / included: users write them).
-        (("://",), r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]+(?=@)"),
-        (("sk-",), r"(\bsk-ant-|\bsk-)[A-Za-z0-9_-]{10,}"),
-        (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), r"(\b(?:gh[pousr]_|github_pat_))[A-Za-z0-9_]{16,}"),
-        (("akia", "asia"), r"(\b(?:AKIA|ASIA))[0-9A-Z]{16}\b"),
-        (("xox",), r"(\bxox[abprs]-)[A-Za-z0-9-]{8,}"),
+        # Credentials in URLs: a user, a colon, a password up to the @ (a / included: users write them).
+        (("://",), r"(\b[a-z][a-z0-9+.-]*://)[^\s:/@]*:[^\s@]+(?=@)"),
+        # Tokens are replaced whole: a kept prefix would say which service the key is for.
+        (("sk-",), r"()\bsk-(?:ant-)?[A-Za-z0-9_-]{10,}"),
+        (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), r"()\b(?:gh[pousr]_|github_pat_)[A-Za-z0-9_]{16,}"),
+        (("akia", "asia"), r"()\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+        (("xox",), r"()\bxox[abprs]-[A-Za-z0-9-]{8,}"),
         # NAME=value, NAME: value, "name": "value", --name=value: the name must END in a secret word,
         # which starts the name or follows a _ . or - (so "monkey" and "max_tokens" are not names).
         (("key", "token", "secret", "passw", "credential"),
