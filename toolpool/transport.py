@@ -7,9 +7,14 @@ writes without blocking.  Two kinds:
 
 * :class:`PipeTransport`: stdin/stdout/stderr pipes via :mod:`subprocess`.
   The cleanest channel for tools that do not insist on a terminal.
-* :class:`PtyTransport`: a pseudo-terminal via pexpect, with echo off, a fixed
-  window size and no ``delaybeforesend`` (its 50 ms default would be added to
-  every prompt).  stdout and stderr arrive merged on the terminal.
+* :class:`PtyTransport`: a pseudo-terminal, with echo off, a fixed window size
+  and ``TERM=dumb`` unless the adapter sets ``TERM``.  stdout and stderr arrive
+  merged on the terminal.  Spawned with ``os.posix_spawn``: no Python code runs
+  in the child between fork and exec, which is what makes forking safe while
+  other threads run (a Python-level fork, as pexpect's, can deadlock the child).
+
+Every process runs in a :class:`toolpool.containment.Scope`: :meth:`Transport.signal_group`
+reaches its whole tree, including descendants that called ``setsid()``.
 
 ``exit_fd`` becomes readable when the process exits (a pidfd on Linux), so
 death is noticed even while a grandchild keeps the output pipe open, and
@@ -22,10 +27,14 @@ import errno
 import fcntl
 import os
 import shutil
+import struct
 import subprocess
+import termios
 import threading
-from typing import Dict, List, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from . import lifecycle
+from .containment import Scope, default_signals
 from .errors import SpawnError, ToolNotFoundError
 
 #: Terminal size given to pty tools: wide enough that tools do not wrap lines.
@@ -44,7 +53,7 @@ def resolve_executable(argv0: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def _prepare(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[str]) -> str:
+def _prepare(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> str:
     """Check what exec would trip on, with errors that say so; return the executable."""
     exe = resolve_executable(argv[0], env)
     if cwd is not None and not os.path.isdir(cwd):
@@ -65,11 +74,11 @@ class _ExitWatch:
     the transport owns it and joins it on close.
     """
 
-    def __init__(self, pid: int, wait_fn) -> None:
-        self._thread: Optional[threading.Thread] = None
+    def __init__(self, pid: int, wait_fn: Callable[[], object]) -> None:
+        self._thread: threading.Thread | None = None
         self._write_fd = -1
         try:
-            self.fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+            self.fd = os.pidfd_open(pid)
             return
         except (AttributeError, OSError):
             pass
@@ -102,8 +111,9 @@ class Transport:
     kind = "abstract"
     pid: int
     stdout_fd: int
-    stderr_fd: Optional[int]
+    stderr_fd: int | None
     exit_fd: int
+    scope: Scope
 
     def write_some(self, data: memoryview) -> int:
         """Write without blocking; return bytes written (0 if the pipe is full).
@@ -125,14 +135,18 @@ class Transport:
         return self._stdin_fd
 
     def signal_group(self, sig: int) -> bool:
-        """Send ``sig`` to the tool's whole process group; False if none is left."""
+        """Send ``sig`` to every process of the tool's tree; False if none is left.
+
+        The process group first (cheap, and enough for most tools), then the
+        containment scope: its cgroup, or every process carrying its marker,
+        which reaches descendants that left the group with ``setsid()``.
+        """
         try:
             os.killpg(self.pid, sig)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return False
+            hit = True
+        except (ProcessLookupError, PermissionError):
+            hit = False
+        return self.scope.signal(sig) or hit
 
     def signal_process(self, sig: int) -> bool:
         """Send ``sig`` to the tool process alone (not its children)."""
@@ -148,10 +162,10 @@ class Transport:
     _stdin_fd: int
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         raise NotImplementedError
 
-    def reap(self) -> Optional[int]:
+    def reap(self) -> int | None:
         """Collect the exit status if the process has exited; never blocks."""
         raise NotImplementedError
 
@@ -166,8 +180,9 @@ class Transport:
 class PipeTransport(Transport):
     kind = "pipe"
 
-    def __init__(self, argv: Sequence[str], env: Dict[str, str], cwd: Optional[str]) -> None:
+    def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str | None, scope: Scope) -> None:
         exe = _prepare(argv, env, cwd)
+        self.scope = scope
         try:
             self._proc = subprocess.Popen(
                 [exe, *argv[1:]],
@@ -175,7 +190,7 @@ class PipeTransport(Transport):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 bufsize=0,
-                env=env,
+                env=scope.environ(env),
                 cwd=cwd,
                 close_fds=True,
                 start_new_session=True,  # own process group: signals reach grandchildren
@@ -185,6 +200,7 @@ class PipeTransport(Transport):
         except OSError as exc:
             raise SpawnError(f"could not start {argv[0]!r}: {exc}") from exc
         self.pid = self._proc.pid
+        scope.adopt(self.pid)
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr
         self._stdin_fd = self._proc.stdin.fileno()
         self.stdout_fd = self._proc.stdout.fileno()
@@ -194,10 +210,10 @@ class PipeTransport(Transport):
         self.exit_fd = self._exit.fd
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         return self._proc.returncode
 
-    def reap(self) -> Optional[int]:
+    def reap(self) -> int | None:
         return self._proc.poll()
 
     def close_stdin(self) -> None:
@@ -216,34 +232,40 @@ class PipeTransport(Transport):
             except OSError:
                 pass
         self._exit.close()
+        self.scope.release()
 
 
 class PtyTransport(Transport):
     kind = "pty"
 
-    def __init__(self, argv: Sequence[str], env: Dict[str, str], cwd: Optional[str]) -> None:
-        import pexpect  # imported lazily: pipe-only users never pay for it
-
+    def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str | None, scope: Scope) -> None:
         exe = _prepare(argv, env, cwd)
+        self.scope = scope
+        path, spawn_argv = exe, [exe, *argv[1:]]
+        if cwd is not None:
+            # posix_spawn has no chdir action in Python: env(1) changes directory, then execs.
+            path = _ENV_BIN
+            spawn_argv = [path, "-C", cwd, "--", *spawn_argv]
+        master, slave = os.openpty()
         try:
-            self._child = pexpect.spawn(
-                exe,
-                list(argv[1:]),
-                env=env,
-                cwd=cwd,
-                echo=False,
-                dimensions=PTY_DIMENSIONS,
-                encoding=None,
-                use_poll=True,
-            )
-        except pexpect.ExceptionPexpect as exc:
+            _configure_terminal(slave)
+            # setsid happens before the file actions (glibc), so opening the slave in the
+            # child makes it the child's controlling terminal, as a terminal app expects.
+            self.pid = os.posix_spawn(
+                path, spawn_argv, scope.environ(env),
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.ttyname(slave), os.O_RDWR, 0),
+                              (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)],
+                setsid=True, setsigdef=default_signals(), setsigmask=())
+        except OSError as exc:
+            os.close(master)
             raise SpawnError(f"could not start {argv[0]!r} in a pty: {exc}") from exc
-        self._child.delaybeforesend = None
-        self.pid = self._child.pid
-        self._stdin_fd = self.stdout_fd = self._child.child_fd
+        finally:
+            os.close(slave)  # the child has its own; ours would hide the child's exit (no EIO)
+        scope.adopt(self.pid)
+        self._stdin_fd = self.stdout_fd = self._master = master
         self.stderr_fd = None
-        self._returncode: Optional[int] = None
-        _set_nonblocking(self._stdin_fd)
+        self._returncode: int | None = None
+        _set_nonblocking(master)
         self._exit = _ExitWatch(self.pid, self._wait_blocking)
         self.exit_fd = self._exit.fd
 
@@ -254,10 +276,10 @@ class PtyTransport(Transport):
             pass
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         return self._returncode
 
-    def reap(self) -> Optional[int]:
+    def reap(self) -> int | None:
         if self._returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -265,11 +287,6 @@ class PtyTransport(Transport):
                 return self._returncode
             if pid:
                 self._returncode = os.waitstatus_to_exitcode(status)
-                # Tell ptyprocess so its own close()/isalive() do not wait again.
-                proc = self._child.ptyproc
-                proc.terminated = True
-                proc.exitstatus = self._returncode if self._returncode >= 0 else None
-                proc.signalstatus = -self._returncode if self._returncode < 0 else None
         return self._returncode
 
     def close_stdin(self) -> None:
@@ -281,21 +298,54 @@ class PtyTransport(Transport):
             pass
 
     def close(self) -> None:
-        # ptyprocess wraps the descriptor in a file object: close through it, or
-        # its finalizer would later close the same number, by then reused.
-        try:
-            self._child.ptyproc.fileobj.close()
-        except OSError:
-            pass
-        self._child.child_fd = -1
-        self._child.closed = True
-        self._child.ptyproc.closed = True
+        if self._master >= 0:
+            try:
+                os.close(self._master)
+            except OSError:
+                pass
+            self._master = -1
         self._exit.close()
+        self.scope.release()
 
 
-def make_transport(kind: str, argv: List[str], env: Dict[str, str], cwd: Optional[str]) -> Transport:
+_ENV_BIN = shutil.which("env") or "/usr/bin/env"
+
+
+def _configure_terminal(fd: int) -> None:
+    """Echo off (we never want our prompts back) and a wide window (tools do not wrap)."""
+    attrs = termios.tcgetattr(fd)
+    attrs[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    rows, cols = PTY_DIMENSIONS
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def pty_environment(env: dict[str, str], adapter_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` with ``TERM=dumb`` unless the adapter chose a TERM.
+
+    A plain terminal: Python 3.13's REPL and ``bash -i`` otherwise paint their
+    prompts with escape sequences.  Without ``adapter_env``, a TERM that differs
+    from ours counts as the adapter's choice.
+    """
+    chosen = ("TERM" in adapter_env) if adapter_env is not None else (
+        "TERM" in env and env["TERM"] != os.environ.get("TERM"))
+    return env if chosen else {**env, "TERM": "dumb"}
+
+
+def make_transport(kind: str, argv: list[str], env: dict[str, str], cwd: str | None, *,
+                   adapter_env: Mapping[str, str] | None = None,
+                   memory_max: int | None = None) -> Transport:
+    """Start ``argv`` over a ``"pipe"`` or ``"pty"`` transport, contained.
+
+    ``adapter_env``: the adapter's own variables (only to tell whether it chose
+    ``TERM``); ``memory_max``: a per-process memory cap in bytes, applied where
+    a cgroup scope with the memory controller is available (see
+    :func:`toolpool.containment.describe`).
+    """
+    if kind not in ("pipe", "pty"):
+        raise ValueError(f"unknown transport {kind!r}: use 'pipe' or 'pty'")
+    lifecycle.check_sigchld()
+    scope = Scope(memory_max)
     if kind == "pipe":
-        return PipeTransport(argv, env, cwd)
-    if kind == "pty":
-        return PtyTransport(argv, env, cwd)
-    raise ValueError(f"unknown transport {kind!r}: use 'pipe' or 'pty'")
+        return PipeTransport(argv, env, cwd, scope)
+    return PtyTransport(argv, pty_environment(env, adapter_env), cwd, scope)
