@@ -8,11 +8,10 @@ import sys
 import time
 
 import pytest
-
-from toolpool import ReplAdapter, ToolProcessPool, containment
-from toolpool.testing import FakeAnthropicServer, find_tool
-
 from toolkit import HERE, marked_processes, wait_until
+
+from toolpool import ReplAdapter, containment
+from toolpool.testing import FakeAnthropicServer, find_tool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,14 +125,14 @@ def test_describe_says_which_mechanism_is_active_and_why(make_pool):
 def test_marker_fallback_alone_reaches_a_setsid_grandchild():
     """With cgroups disabled, the environment marker must still find the escapee."""
     code = (
-        "import os, sys; sys.path.insert(0, %r); from toolpool import ToolProcessPool, ReplAdapter, containment\n"
-        "a = ReplAdapter([sys.executable, '-u', %r, '--setsid-child'], prompt=r'tp> $', start_timeout=20)\n"
+        f"import os, sys; sys.path.insert(0, {REPO!r}); from toolpool import ToolProcessPool, ReplAdapter, containment\n"
+        f"a = ReplAdapter([sys.executable, '-u', {ESCAPER!r}, '--setsid-child'], prompt=r'tp> $', start_timeout=20)\n"
         "p = ToolProcessPool(a, 1); child = int(p.ask(0, 'pids', timeout=10).text)\n"
         "assert containment.describe()['mechanism'] == 'marker'\n"
         "p.shutdown(); import time; time.sleep(0.2)\n"
-        "print(child, os.path.exists('/proc/%%d' %% child) and b') Z ' not in open('/proc/%%d/stat' %% child, 'rb').read())\n"
-    ) % (REPO, ESCAPER)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        "print(child, os.path.exists(f'/proc/{child}') and b') Z ' not in open(f'/proc/{child}/stat', 'rb').read())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "TOOLPOOL_CONTAINMENT": "marker"})
     assert out.returncode == 0, out.stderr
     child, still_alive = out.stdout.split()

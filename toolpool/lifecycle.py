@@ -158,8 +158,8 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rsplit(b")", 1)[1].split()[19])
 
 
-def private_dir(kind: str) -> str:
-    """A new 0700 directory ``toolpool-<kind>-<pid>-<start time>-XXXX`` in the temp dir.
+def private_dir(kind: str, parent: str | None = None) -> str:
+    """A new 0700 directory ``toolpool-<kind>-<pid>-<start time>-XXXX`` in ``parent`` (the temp dir).
 
     The first call per kind also removes such directories left by owners that
     are gone (killed before they could clean up): same user, and no live process
@@ -170,8 +170,8 @@ def private_dir(kind: str) -> str:
     me = os.getpid()
     if not _reclaimed.get(f"{kind}:{me}"):
         _reclaimed[f"{kind}:{me}"] = True
-        reclaim_stale_dirs(kind)
-    return tempfile.mkdtemp(prefix=f"toolpool-{kind}-{me}-{_start_time(me) or 0}-")
+        reclaim_stale_dirs(kind, parent)
+    return tempfile.mkdtemp(prefix=f"toolpool-{kind}-{me}-{_start_time(me) or 0}-", dir=parent)
 
 
 def dir_owner_alive(name: str) -> bool | None:
