@@ -483,7 +483,8 @@ class AiderAdapter(Adapter):
         """A temporary directory for homes and histories, removed by close() (or at exit)."""
         with self._lock:
             if self._root is None:
-                self._root = tempfile.mkdtemp(prefix="toolpool-aider-")
+                from .. import lifecycle  # 0700, named after its owner; dead owners' dirs are reclaimed
+                self._root = lifecycle.private_dir("aider", tempfile.gettempdir())
                 self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
             return self._root
 

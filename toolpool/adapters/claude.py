@@ -535,7 +535,8 @@ class ClaudeAdapter(Adapter):
         """Slot ``slot``'s ``CLAUDE_CONFIG_DIR``, created on first use."""
         with self._config_lock:
             if self._config_root is None:
-                self._config_root = tempfile.mkdtemp(prefix="toolpool-claude-")
+                from .. import lifecycle  # 0700, named after its owner; dead owners' dirs are reclaimed
+                self._config_root = lifecycle.private_dir("claude", tempfile.gettempdir())
                 self._owns_config_root = True
                 # Removed at close(), or when the adapter is garbage-collected or the program exits.
                 self._cleanup = weakref.finalize(self, shutil.rmtree, self._config_root, True)
