@@ -70,9 +70,11 @@ OWNER_CASES = {
 def test_owner_death_takes_every_tool_process_with_it(case, sig):
     owner, info = start_owner("escaper", *OWNER_CASES[case])
     pids = info["tools"] + info["children"]
-    assert len(info["tools"]) == 2 and all(alive(p) for p in pids)
-    assert len(info["children"]) == 2 * sum(f in ("--child", "--setsid-child") for f in OWNER_CASES[case])
-    took = kill_owner_and_time_cleanup(owner, sig, pids)
+    try:
+        assert len(info["tools"]) == 2 and all(alive(p) for p in pids)
+        assert len(info["children"]) == 2 * sum(f in ("--child", "--setsid-child") for f in OWNER_CASES[case])
+    finally:  # whatever failed above, the owner dies here (and takes its tools with it)
+        took = kill_owner_and_time_cleanup(owner, sig, pids)
     assert took < 2.0, f"cleanup took {took:.2f}s"
 
 
@@ -82,8 +84,10 @@ def test_owner_death_stops_a_real_claude_mid_turn():
         pytest.skip("real claude not installed: run scripts/install-real-tools.sh")
     with FakeAnthropicServer(delay=60) as server:
         owner, info = start_owner("claude", cli, server.url)
-        server.wait_for_requests(1, timeout=60, path="/v1/messages")  # the turn waits on the API
-        took = kill_owner_and_time_cleanup(owner, signal.SIGKILL, info["tools"])
+        try:
+            server.wait_for_requests(1, timeout=60, path="/v1/messages")  # the turn waits on the API
+        finally:
+            took = kill_owner_and_time_cleanup(owner, signal.SIGKILL, info["tools"])
     assert took < 2.0, f"claude outlived its owner by {took:.2f}s"
 
 
