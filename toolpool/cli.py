@@ -292,6 +292,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"         ! {problem}")
         if row.get("note"):
             print(f"         {row['note']}")
+    from . import containment  # which kill-the-whole-tree mechanism this machine allows, and why
+
+    for line in containment.iter_lines(containment.describe()):
+        print(line)
     return EXIT_OK
 
 
