@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import pytest
-
 from test_testing_servers import anthropic_body, http, openai_body, sse_events
+
 from toolpool.testing import (
     Drop,
     Error,
@@ -71,8 +71,8 @@ def test_tool_use_streams_input_json_deltas_and_stops_for_the_tool() -> None:
         status, _, raw = post(server, anthropic_body("run", stream=True))
     assert status == 200
     events = [(name, json.loads(data)) for name, data in sse_events(raw)]
-    assert [n for n, _ in events][0] == "message_start" and [n for n, _ in events][-2:] == ["message_delta",
-                                                                                          "message_stop"]
+    names = [n for n, _ in events]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     starts = [e["content_block"] for n, e in events if n == "content_block_start"]
     assert starts == [{"type": "text", "text": ""},
                       {"type": "tool_use", "id": "toolu_given", "name": "Bash", "input": {}}]
@@ -179,27 +179,28 @@ def test_passing_checks_and_what_is_recorded() -> None:
 
 def test_a_failed_check_answers_400_and_fails_the_with_block() -> None:
     server = FakeAnthropicServer()
-    with pytest.raises(AssertionError, match=r"tool_result for Bash .*expected 'hi' in 'permission denied'"):
-        with server:
-            server.script([ToolUse("Bash", {"command": "echo hi"}, expect="hi"), "never sent"])
-            call = message(server, [user("go")])
-            status, _, raw = post(server, {"model": "m", "max_tokens": 1,
-                                           "messages": follow_up([user("go")], call, "permission denied")})
-            assert status == 400
-            error = json.loads(raw)
-            assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
-            assert "expected 'hi'" in error["error"]["message"]
-            assert server.replies[-1].kind == "check_failed"
+    with (
+        pytest.raises(AssertionError, match=r"tool_result for Bash .*expected 'hi' in 'permission denied'"),
+        server,
+    ):
+        server.script([ToolUse("Bash", {"command": "echo hi"}, expect="hi"), "never sent"])
+        call = message(server, [user("go")])
+        status, _, raw = post(server, {"model": "m", "max_tokens": 1,
+                                       "messages": follow_up([user("go")], call, "permission denied")})
+        assert status == 400
+        error = json.loads(raw)
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert "expected 'hi'" in error["error"]["message"]
+        assert server.replies[-1].kind == "check_failed"
     assert server.thread is None  # closed before raising
 
 
 def test_a_failing_test_is_not_hidden_by_a_failed_check() -> None:
-    with pytest.raises(KeyError):
-        with FakeAnthropicServer() as server:
-            server.script([ToolUse("Bash", {"command": "x"}, expect="never"), "no"])
-            call = message(server, [user("go")])
-            post(server, {"model": "m", "max_tokens": 1, "messages": follow_up([user("go")], call, "other")})
-            raise KeyError("the test's own failure")
+    with pytest.raises(KeyError), FakeAnthropicServer() as server:
+        server.script([ToolUse("Bash", {"command": "x"}, expect="never"), "no"])
+        call = message(server, [user("go")])
+        post(server, {"model": "m", "max_tokens": 1, "messages": follow_up([user("go")], call, "other")})
+        raise KeyError("the test's own failure")
 
 
 def test_image_blocks_are_findable_in_the_recorded_request() -> None:
@@ -345,6 +346,7 @@ def test_openai_replies_by_prompt_and_in_order_with_usage_recorded() -> None:
         answers = []
         for prompt in ("one", "please say bye\nfiles: hello.py", "two"):
             status, _, raw = post(server, openai_body(prompt, stream=True))
+            assert status == 200
             chunks = [json.loads(d) for _, d in sse_events(raw)[:-1]]
             answers.append("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks))
     assert answers == ["first in order", edit, "second in order"]
@@ -371,8 +373,7 @@ def test_openai_rate_limit_cut_stream_and_empty_reply() -> None:
 
 def test_a_tool_use_step_on_the_openai_fake_is_reported_as_a_test_mistake() -> None:
     server = FakeOpenAIServer()
-    with pytest.raises(AssertionError, match="ToolUse steps are Anthropic tool calls"):
-        with server:
-            server.script(ToolUse("Bash", {}))
-            status, _, raw = post(server, openai_body())
-            assert status == 500 and "whole_file" in json.loads(raw)["error"]["message"]
+    with pytest.raises(AssertionError, match="ToolUse steps are Anthropic tool calls"), server:
+        server.script(ToolUse("Bash", {}))
+        status, _, raw = post(server, openai_body())
+        assert status == 500 and "whole_file" in json.loads(raw)["error"]["message"]
