@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import inspect
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,27 +22,30 @@ from typing import Any, Dict, Iterable, List, Optional, TextIO
 
 from . import __version__
 from .adapters import adapter_names, create_adapter
-from .errors import ToolPoolError
+from .errors import ToolNotFoundError, ToolPoolError
 from .pool import ToolProcessPool
 from .response import Response
 from .testing.tools import find_tool
 
-SAMPLE_PROMPTS = [
-    "Summarise what this repository does",
-    "Write a unit test for the parser",
-    "Explain the failing build",
-    "Suggest a better name for process_data",
-    "Review the error handling in main",
-    "List three risks in this change",
-]
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Seconds a prompt may take, queueing included, unless --timeout says otherwise:
+#: a CLI run must end even when a tool never answers.
+DEFAULT_TIMEOUT = 600.0
+
+# Where each built-in tool's options are documented: its adapter's constructor.
+_ADAPTER_CLASSES = {"demo": "DemoAdapter", "claude": "ClaudeAdapter", "aider": "AiderAdapter",
+                    "command": "CommandAdapter", "repl": "ReplAdapter"}
+
+
+class UsageError(Exception):
+    """Bad input to the CLI: shown as one line, exit code 2."""
 
 
 # ------------------------------------------------------------------------ run
-def _tool_options(args: argparse.Namespace) -> Dict[str, Any]:
+def _tool_options(args: argparse.Namespace) -> dict[str, Any]:
     """Map the generic pass-through flags onto the chosen adapter's options."""
-    options: Dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for item in args.option or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -68,27 +74,71 @@ def _tool_options(args: argparse.Namespace) -> Dict[str, Any]:
     return options
 
 
-def _read_prompts(args: argparse.Namespace) -> List[str]:
-    prompts = list(args.prompt or [])
+def _read_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """[(where it came from, prompt)]: from each --prompt, then one per non-blank line of --prompts-file."""
+    prompts = [(f"--prompt #{n}", p) for n, p in enumerate(args.prompt or [], 1)]
     if args.prompts_file:
-        stream = sys.stdin if args.prompts_file == "-" else open(args.prompts_file, encoding="utf-8")
-        with stream if stream is not sys.stdin else _nullcontext(stream) as f:
-            prompts += [line.rstrip("\n") for line in f if line.strip()]
-    if not prompts and args.tool == "demo":
-        print("toolpool: no prompts given; running the demo's sample batch", file=sys.stderr)
-        prompts = list(SAMPLE_PROMPTS)
+        name = "stdin" if args.prompts_file == "-" else args.prompts_file
+        try:
+            if args.prompts_file == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(args.prompts_file, "rb") as f:
+                    data = f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read prompts from {name}: {exc.strerror or exc}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                             "save it as UTF-8") from None
+        prompts += [(f"{name} line {n}", line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1)
+                    if line.strip()]
+        if not prompts:
+            raise UsageError(f"no prompts: {name} is empty or blank; put one prompt per line in it")
+    if not prompts:
+        raise UsageError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE (- for stdin)")
     return prompts
 
 
-class _nullcontext:
-    def __init__(self, value: Any) -> None:
-        self.value = value
+def _check_prompts(adapter: Any, tool: str, prompts: list[tuple[str, str]]) -> None:
+    """Refuse what the tool cannot take before anything runs (the pool would refuse it per prompt)."""
+    for where, prompt in prompts:
+        try:
+            adapter.encode(prompt)
+        except (TypeError, ValueError) as exc:
+            if "\n" in prompt and where.startswith("--prompt"):
+                raise UsageError(f"{where} spans {prompt.count(chr(10)) + 1} lines, but the {tool} tool takes "
+                                 "one line per prompt: pass each line as its own --prompt, or one per line in "
+                                 "--prompts-file") from None
+            raise UsageError(f"{where}: the {tool} tool cannot take this prompt: {exc}") from None
 
-    def __enter__(self) -> Any:
-        return self.value
 
-    def __exit__(self, *exc: Any) -> None:
-        pass
+def _seconds(option: str, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} takes a positive number of seconds, got {value!r}")
+    return value
+
+
+def _adapter_error(tool: str, exc: TypeError) -> str:
+    """A TypeError from an adapter's constructor, said in terms of --option."""
+    options: list[str] = []
+    cls_name = _ADAPTER_CLASSES.get(tool)
+    if cls_name:
+        from . import adapters
+
+        params = inspect.signature(getattr(adapters, cls_name).__init__).parameters
+        options = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    listed = f" (its options: {', '.join(options)})" if options else " (see docs/adapters.md)"
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if unexpected:
+        name = unexpected.group(1)
+        return f"cannot set up tool {tool!r}: it has no option {name!r} (unexpected keyword argument {name!r}){listed}"
+    missing = re.findall(r"'(\w+)'", str(exc)) if "missing" in str(exc) else []
+    if missing:
+        needed = ", ".join(f"--option {m}=..." for m in missing)
+        return f"cannot set up tool {tool!r}: it needs {needed}{listed}"
+    return f"cannot set up tool {tool!r}: {exc}{listed}"
 
 
 def _record(prompt: str, position: int, fut: "cf.Future[Response]") -> Dict[str, Any]:
@@ -166,23 +216,32 @@ def _summary(records: Iterable[Dict[str, Any]], total: int, elapsed: float, stre
         print(f"{key:<{width}}  {value}", file=stream)
 
 
+def _setup(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str]]]:
+    """The adapter and the prompts, or UsageError: everything checked before a process starts."""
+    _seconds("--timeout", args.timeout)
+    _seconds("--start-timeout", args.start_timeout)
+    if args.cwd and not os.path.isdir(args.cwd):
+        raise UsageError(f"--cwd {args.cwd}: no such directory")
+    prompts = _read_prompts(args)
+    try:
+        options = _tool_options(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        adapter = create_adapter(args.tool, **options)
+    except TypeError as exc:  # an option the adapter does not take, or one it needs
+        raise UsageError(_adapter_error(args.tool, exc)) from None
+    except ValueError as exc:
+        raise UsageError(f"cannot set up tool {args.tool!r}: {exc}") from None
+    _check_prompts(adapter, args.tool, prompts)
+    return adapter, prompts
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        prompts = _read_prompts(args)
-    except OSError as exc:
-        print(f"toolpool: cannot read prompts: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not prompts:
-        print("toolpool: no prompts: give --prompt TEXT or --prompts-file FILE (- for stdin)", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        adapter = create_adapter(args.tool, **_tool_options(args))
-    except TypeError as exc:  # an option the adapter does not take, or one it needs
-        print(f"toolpool: cannot set up tool {args.tool!r}: {exc}; pass its options with --option KEY=VALUE "
-              "(see docs/adapters.md)", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:
-        print(f"toolpool: cannot set up tool {args.tool!r}: {exc}", file=sys.stderr)
+        adapter, prompts = _setup(args)
+    except UsageError as exc:
+        print(f"toolpool: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
@@ -192,44 +251,70 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"toolpool: cannot write output: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started = time.perf_counter()
-    records: List[Dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     interrupted = False
+    pool: ToolProcessPool | None = None
     try:
-        with ToolProcessPool(adapter, args.instances, start_timeout=args.start_timeout) as pool:
-            futures = {pool.submit(p, timeout=args.timeout): (n, p) for n, p in enumerate(prompts)}
-            progress = _Progress(len(prompts), sys.stderr)
-            try:
-                for fut in cf.as_completed(futures):
-                    n, prompt = futures[fut]
-                    rec = _record(prompt, n, fut)
-                    records.append(rec)
-                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    out.flush()
-                    progress.update(rec)
-                    if args.status_file:
-                        pool.dump_status(args.status_file)
-            except KeyboardInterrupt:
-                interrupted = True
-                for fut in futures:
-                    fut.cancel()
-                print("\ntoolpool: interrupted; stopping the pool and keeping finished results", file=sys.stderr)
-            finally:
-                progress.close()
-                if args.status_file:
-                    pool.dump_status(args.status_file)
+        pool = ToolProcessPool(adapter, args.instances, start_timeout=args.start_timeout)
+        with pool:
+            interrupted = _run_prompts(pool, prompts, args, out, records)
     except KeyboardInterrupt:  # during start-up or shutdown
         interrupted = True
         print("\ntoolpool: interrupted", file=sys.stderr)
+    except ToolNotFoundError as exc:
+        print(f"toolpool: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ToolPoolError as exc:
         print(f"toolpool: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if out is not sys.stdout:
             out.close()
+        if pool is not None and args.status_file:
+            _final_status(pool, args.status_file)
     _summary(records, len(prompts), time.perf_counter() - started, sys.stderr)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if all(r["ok"] for r in records) and len(records) == len(prompts) else EXIT_FAILED
+
+
+def _run_prompts(pool: ToolProcessPool, prompts: list[tuple[str, str]], args: argparse.Namespace, out: TextIO,
+                 records: list[dict[str, Any]]) -> bool:
+    """Submit every prompt, write records as they complete; True when Ctrl-C stopped it."""
+    futures = {pool.submit(p, timeout=args.timeout): (n, p) for n, (_, p) in enumerate(prompts)}
+    progress = _Progress(len(prompts), sys.stderr)
+    try:
+        for fut in cf.as_completed(futures):
+            n, prompt = futures[fut]
+            rec = _record(prompt, n, fut)
+            records.append(rec)
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.flush()
+            progress.update(rec)
+            if args.status_file:
+                pool.dump_status(args.status_file)
+    except KeyboardInterrupt:
+        for fut in futures:
+            fut.cancel()
+        print("\ntoolpool: interrupted; stopping the pool and keeping finished results", file=sys.stderr)
+        return True
+    finally:
+        progress.close()
+    return False
+
+
+def _final_status(pool: ToolProcessPool, path: str) -> None:
+    """The end state (closed, final counts), written once the pool is shut down, even after Ctrl-C."""
+    for _ in range(2):  # a second Ctrl-C while writing: write it again, it is quick
+        try:
+            pool.shutdown()
+            pool.dump_status(path)
+            return
+        except KeyboardInterrupt:
+            continue
+        except OSError as exc:
+            print(f"toolpool: cannot write the status file: {exc}", file=sys.stderr)
+            return
 
 
 # --------------------------------------------------------------------- doctor
@@ -343,9 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     run.add_argument("--prompts-file", help="file with one prompt per line, or - for stdin")
     run.add_argument("--out", help="write JSON lines here instead of stdout")
-    run.add_argument("--timeout", type=float, default=None, help="seconds per prompt (queueing included)")
-    run.add_argument("--start-timeout", type=float, default=None, help="seconds for each instance to start")
-    run.add_argument("--status-file", help="keep an atomic status dump here while running")
+    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                     help="seconds per prompt, queueing included (default %(default)g)")
+    run.add_argument("--start-timeout", type=float, default=None,
+                     help="seconds for each instance to start (default: the tool's own, e.g. 30 for a REPL)")
+    run.add_argument("--status-file", help="keep an atomic status dump here while running, and the end state "
+                     "(closed, final counts) after the run")
     run.add_argument("--model", help="model name passed to the tool")
     run.add_argument("--cwd", help="working directory of the tool")
     run.add_argument("--api-base", help="API base URL (e.g. a local fake server)")
