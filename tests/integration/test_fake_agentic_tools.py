@@ -15,8 +15,11 @@ import pytest
 from toolpool import ToolProcessPool
 from toolpool.adapters import AiderAdapter, ClaudeAdapter
 from toolpool.testing import (
+    Drop,
+    Error,
     FakeAnthropicServer,
     FakeOpenAIServer,
+    Hang,
     ToolUse,
     search_replace,
     whole_file,
@@ -27,8 +30,8 @@ pytestmark = [pytest.mark.realtools, pytest.mark.timeout(120)]
 ALLOW_BASH = ["--allowedTools", "Bash"]
 
 
-def claude_adapter(claude_path, server, trap, cwd, **options) -> ClaudeAdapter:
-    env = {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "sk-fake-agentic", **trap.env()}
+def claude_adapter(claude_path, server, trap, cwd, env_extra=None, **options) -> ClaudeAdapter:
+    env = {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "sk-fake-agentic", **trap.env(), **(env_extra or {})}
     return ClaudeAdapter(cli_path=claude_path, env=env, cwd=str(cwd), start_timeout=60.0, max_retries=0, **options)
 
 
@@ -82,6 +85,29 @@ def test_claude_denied_tool_call_comes_back_as_an_error_result(claude_path, prox
         (result,) = server.tool_results
     assert response.text == "could not delete" and result.is_error
     assert (tmp_path / "precious").is_dir()
+
+
+def test_claude_meets_each_scripted_api_fault(claude_path, proxy_trap, tmp_path):
+    """Errors in the real API's shape reach claude's result; a hang ends at claude's own timeout."""
+    with FakeAnthropicServer() as server:
+        adapter = claude_adapter(claude_path, server, proxy_trap, tmp_path, no_session_persistence=True,
+                                 env_extra={"API_TIMEOUT_MS": "3000"})
+        with ToolProcessPool(adapter, count=1) as pool:
+            outcomes = {}
+            for name, step in (("overloaded", Error(529)), ("rate", Error(429, retry_after=1)),
+                               ("key", Error(401)), ("hang", Hang()), ("drop", Drop("cut mid reply", after=1))):
+                server.script(step)
+                outcomes[name] = pool.ask(0, f"try {name}", timeout=60)
+    assert all(outcomes[n].is_error for n in ("overloaded", "rate", "key", "hang"))
+    assert "529" in outcomes["overloaded"].text and "Overloaded" in outcomes["overloaded"].text
+    assert "429" in outcomes["rate"].text and "rate limit" in outcomes["rate"].text
+    assert "API key" in outcomes["key"].text
+    assert "timed out" in outcomes["hang"].text
+    (hang,) = [r for r in server.replies if r.kind == "hang"]
+    assert hang.ended == "client_closed" and 2.5 < hang.duration < 30  # claude gave up, at its timeout
+    # a stream cut mid-reply: claude retries it (even with retries off), and the retry is answered
+    assert outcomes["drop"].is_error is False and outcomes["drop"].text == "ECHO: try drop"
+    assert [r.kind for r in server.replies if r.request.user_text == "try drop"] == ["drop", "reply"]
 
 
 # -- aider -----------------------------------------------------------------------------------
