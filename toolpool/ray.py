@@ -430,7 +430,9 @@ class RayToolPool:
 
     def _is_actor_death(self, exc: BaseException) -> bool:
         exceptions = self.ray.exceptions
-        return isinstance(exc, (exceptions.RayActorError, exceptions.ActorUnschedulableError))
+        deaths = tuple(getattr(exceptions, name) for name in ("RayActorError", "ActorUnschedulableError")
+                       if hasattr(exceptions, name))  # the second is newer than some supported Ray versions
+        return isinstance(exc, deaths)
 
     def _after_loss(self, slot: _Slot, req: _Request,
                     resolve: list[tuple[_Request, Any, BaseException | None]]) -> None:
