@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import os
 import signal
+import threading
 import time
 from typing import List, Optional, Tuple
 
@@ -17,15 +18,29 @@ import pytest
 from toolpool.adapters import AiderAdapter, aider
 from toolpool.adapters.aider import (AiderApiError, AiderCommand, AiderFramer, aider_command,
                                      encode_prompt, parse_output)
-from toolpool.adapters.base import Control, Frame
+from toolpool.adapters.base import Control, Cut, Frame
 from toolpool.errors import ResponseTooLarge
 
 SAMPLES = "/work/shared/reference/samples"
 
 
-def framer(**kw) -> AiderFramer:
+class ListFramer(AiderFramer):
+    """The framer, with ``feed``/``on_quiet`` returning the frames of their Cut (the rest kept in ``last``)."""
+
+    last: Cut
+
+    def feed(self, data: bytes) -> List[Frame]:  # type: ignore[override]
+        self.last = super().feed(data)
+        return self.last.frames
+
+    def on_quiet(self) -> List[Frame]:  # type: ignore[override]
+        self.last = super().on_quiet()
+        return self.last.frames
+
+
+def framer(**kw) -> ListFramer:
     kw.setdefault("settle", 0.15)
-    return AiderFramer(**kw)
+    return ListFramer(**kw)
 
 
 def run(f: AiderFramer, chunks: List[bytes]) -> List[Frame]:
@@ -285,13 +300,13 @@ def test_late_interrupt_notice_is_not_the_next_answer():
     [first] = run(f, [b"\nECHO: quick\nTokens: 5 sent, 2 received.\n\n> "])
     assert first.text == "ECHO: quick" and first.fields["interrupted"] is False
     f.start_turn("next\nlines")  # 3 continuation prompts, printed after the late notice
-    assert run(f, [b"\n\n^C again to exit\n\n> "]) == [] and f.in_turn  # not the answer to "next"
+    assert run(f, [b"\n\n^C again to exit\n\n> "]) == []  # not the answer to "next"
     frames = run(f, [b"> > > \nECHO: next\nTokens: 5 sent, 2 received.\n\n> "])
     assert [fr.text for fr in frames] == ["ECHO: next"]
 
 
 def test_overflow_is_reported_and_the_rest_discarded():
-    f = AiderFramer(max_bytes=2048, settle=0.0)
+    f = ListFramer(max_bytes=2048, settle=0.0)
     ready(f)
     f.start_turn("big")
     frames = f.feed(b"\n" + b"x" * 3000 + b"\n")
@@ -302,10 +317,23 @@ def test_overflow_is_reported_and_the_rest_discarded():
 
 # -- interrupt ------------------------------------------------------------------------------
 class Signals:
-    def __init__(self, f: AiderFramer) -> None:
+    """A Control whose scheduler is a real timer thread, and which records the signals sent."""
+
+    def __init__(self) -> None:
         self.sent: List[Tuple[float, int]] = []
+        self.turn = 1
+        self.running = True
+        self.timers: List[threading.Timer] = []
         # To the process group: a shell command aider runs must stop too.  Never to aider alone.
-        self.control = Control(lambda data: None, self.wrong, self.signal, f)
+        self.control = Control(lambda data: None, self.wrong, self.signal, self.call_later,
+                               lambda: self.turn, lambda: self.running)
+
+    def call_later(self, delay: float, fn) -> threading.Timer:
+        timer = threading.Timer(delay, fn)
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+        return timer
 
     def wrong(self, sig: int) -> bool:
         raise AssertionError("SIGINT must go to aider's process group, not to aider alone")
@@ -313,6 +341,11 @@ class Signals:
     def signal(self, sig: int) -> bool:
         self.sent.append((time.monotonic(), sig))
         return True
+
+    def join(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+            timer.join(5)
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:
@@ -325,41 +358,45 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 def test_interrupt_sends_one_sigint_and_spaces_them(monkeypatch):
     monkeypatch.setattr(aider, "SIGINT_SPACING", 0.5)  # 2.5 s in real use
     adapter = AiderAdapter()
+    sig = Signals()
+    try:
+        adapter.interrupt(sig.control)
+        adapter.interrupt(sig.control)  # a second request right away is held back...
+        assert [s for _, s in sig.sent] == [signal.SIGINT]
+        sig.turn = 2  # the first turn ended; the next one is interrupted too
+        adapter.interrupt(sig.control)  # ...and so is one for the next turn, until the spacing has passed
+        assert len(sig.sent) == 1
+        assert wait_for(lambda: len(sig.sent) == 2, 5.0)
+        assert sig.sent[1][0] - sig.sent[0][0] >= 0.5
+        time.sleep(0.7)
+        assert len(sig.sent) == 2  # the held-back request of the first turn was dropped
+    finally:
+        sig.join()
+
+
+def test_no_deferred_sigint_once_the_turn_is_over(monkeypatch):
+    monkeypatch.setattr(aider, "SIGINT_SPACING", 0.3)
+    adapter = AiderAdapter()
+    sig = Signals()
+    try:
+        adapter.interrupt(sig.control)
+        adapter.interrupt(sig.control)  # deferred
+        sig.running = False  # the turn ends before the deferred one is due
+        time.sleep(0.6)
+        assert len(sig.sent) == 1
+    finally:
+        sig.join()
+
+
+def test_input_open_while_aider_reads_a_block():
     f = framer()
     ready(f)
-    sig = Signals(f)
-    f.start_turn("slow")
-    f.interrupt_sent()
-    adapter.interrupt(sig.control)
-    adapter.interrupt(sig.control)  # a second request right away is held back...
-    assert [s for _, s in sig.sent] == [signal.SIGINT]
-    run(f, [b"\n\n^C again to exit\n\n> "])
-    f.start_turn("slow again")
-    f.interrupt_sent()
-    adapter.interrupt(sig.control)  # ...and so is one for the next turn, until the spacing has passed
-    assert len(sig.sent) == 1
-    assert wait_for(lambda: len(sig.sent) == 2, 5.0)
-    assert sig.sent[1][0] - sig.sent[0][0] >= 0.5
-    time.sleep(0.2)
-    assert len(sig.sent) == 2  # the held-back request of the first turn was dropped
-
-
-def test_no_sigint_once_the_turn_is_over():
-    adapter = AiderAdapter()
-    f = framer(settle=0.3)
-    ready(f)
-    sig = Signals(f)
-    f.start_turn("fast")
-    f.feed(b"\nECHO: fast\nTokens: 5 sent, 2 received.\n\n> ")
-    assert f.has_candidate()
-    adapter.interrupt(sig.control)  # the prompt is showing: wait for the quiet period first
-    assert sig.sent == []
-    f.on_quiet()  # the turn is over
-    time.sleep(0.5)
-    assert sig.sent == []
-    f.start_turn("stuck")
-    adapter.interrupt(sig.control)
-    assert len(sig.sent) == 1
+    f.start_turn("one\ntwo")  # {tp / one / two / tp}: 3 continuation prompts
+    assert f.input_open()
+    f.feed(b"> > ")
+    assert f.input_open()  # the closing line is not read yet: a SIGINT now would run the rest
+    f.feed(b"> ")
+    assert not f.input_open()
 
 
 # -- command line and environment ----------------------------------------------------------
@@ -450,7 +487,7 @@ def test_a_retry_notice_quoted_in_a_reply_is_not_an_api_error():
     frames = f.feed(b"\nThe client logs:\nRetrying in 2 seconds...\nthen it works.\n"
                     b"Tokens: 9 sent, 3 received.\n\n> ")
     assert [fr.error for fr in frames] == [None] and "Retrying in 2 seconds" in frames[0].text
-    assert not f.wants_interrupt
+    assert not f.last.interrupt
 
 
 def test_aider_without_a_model_fails_start_up_at_once():

@@ -27,15 +27,18 @@ class Driver:
 
     def __init__(self, framer: ClaudeFramer) -> None:
         self.framer = framer
+        self.unsolicited: List[Any] = []  # frames of turns claude ran by itself
+        self.tool_turns = 0  # how often the framer said claude began a turn by itself
+        self.sent = b""  # what the framer asked to write (control responses, interrupts)
         self.turns: Deque[str] = collections.deque()
         self.failed: set = set()
         self.results: List[Tuple[str, Any]] = []  # (turn name, Frame or exception), in completion order
         self.events: List[dict] = []
 
-    def begin(self, name: str, prompt: Optional[str]) -> None:
+    def begin(self, name: str, prompt: Optional[str], data: bytes = b"") -> None:
         assert not self.turns, f"instance would refuse a send while {list(self.turns)} is pending"
         self.turns.append(name)
-        self.framer.start_turn(prompt)
+        self.framer.start_turn(prompt, data)
 
     def feed(self, data: bytes, chunk: int = 0) -> None:
         pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
@@ -47,13 +50,20 @@ class Driver:
         if self.framer.has_candidate():
             self._apply(self.framer.on_quiet())
 
-    def exit(self) -> None:
-        self._apply(self.framer.on_exit())
+    def exit(self, code: int = 0) -> None:
+        self._apply(self.framer.on_exit(code))
 
-    def _apply(self, frames) -> None:
-        self.events += self.framer.events
-        self.framer.events = []
-        for frame in frames:
+    def interrupt(self) -> bytes:
+        return self.framer.interrupt_sent().send
+
+    def _apply(self, cut) -> None:
+        self.events += cut.events
+        self.sent += cut.send
+        self.tool_turns += cut.tool_turn
+        for frame in cut.frames:
+            if frame.unsolicited:
+                self.unsolicited.append(frame)
+                continue
             assert self.turns, f"a frame with no turn pending: {frame}"
             name = self.turns[0]
             if frame.error is not None and name not in self.failed:
@@ -83,8 +93,7 @@ def replay(path: str, chunk: int = 0) -> Driver:
             if sent["type"] == "control_request" and sent["request"]["subtype"] == "initialize":
                 driver.begin("ready", None)
             elif sent["type"] == "control_request" and sent["request"]["subtype"] == "interrupt":
-                driver.framer.interrupt_sent()
-                assert b'"interrupt"' in driver.framer.take_interrupt_request()
+                assert b'"interrupt"' in driver.interrupt()
             else:
                 # The instance only sends once the previous turn is over, so any
                 # settle period has passed by now.
@@ -212,27 +221,22 @@ def test_result_that_never_comes_does_not_eat_the_next_one():
     assert d.result("next").text == "mine"
 
 
-def test_interrupt_is_only_queued_for_a_prompt_turn():
+def test_interrupt_is_only_sent_for_a_prompt_turn():
     f = ClaudeFramer()
     f.start_turn(None)
-    f.interrupt_sent()
-    assert f.take_interrupt_request() == b""
+    assert f.interrupt_sent().send == b""
     f.start_turn("p")
-    f.interrupt_sent()
-    f.interrupt_sent()
-    data = f.take_interrupt_request()
+    data = f.interrupt_sent().send + f.interrupt_sent().send
     requests = [json.loads(line) for line in data.splitlines()]
     assert [r["request"]["subtype"] for r in requests] == ["interrupt", "interrupt"]
     assert requests[0]["request_id"] != requests[1]["request_id"]
-    assert f.take_interrupt_request() == b""
 
 
 def test_interrupt_after_the_result_is_harmless():
     d = Driver(ClaudeFramer())
     d.begin("p", "p")
     d.feed(INIT + ok_result("done"))
-    d.framer.interrupt_sent()  # too late: nothing to cancel
-    assert d.framer.take_interrupt_request() == b""
+    assert d.interrupt() == b""  # too late: nothing to cancel
     d.feed(_line({"type": "control_response", "response": {"subtype": "success", "request_id": "i"}}))
     assert d.result("p").fields["interrupted"] is False and not d.framer.has_candidate()
 
@@ -323,8 +327,7 @@ def test_oneshot_exit():
     d.feed(INIT)
     d.exit()
     assert d.turns  # no result and no interrupt: the instance reports InstanceCrashed
-    d.framer.interrupt_sent()
-    assert d.framer.take_interrupt_request() == b""  # oneshot interrupts by SIGINT
+    assert d.interrupt() == b""  # oneshot interrupts by SIGINT
     d.exit()
     r = d.result("p")
     assert r.fields["interrupted"] is True and r.fields["is_error"] is True
@@ -337,7 +340,9 @@ def test_encode_session_line_is_one_json_line():
     a = ClaudeAdapter(cli_path="/bin/true")
     data = a.encode("two\nlines \u2028 ünï")
     assert data.endswith(b"\n") and data.count(b"\n") == 1
-    assert json.loads(data) == {"type": "user", "message": {"role": "user", "content": "two\nlines \u2028 ünï"}}
+    line = json.loads(data)
+    assert line["message"] == {"role": "user", "content": "two\nlines \u2028 ünï"} and line["type"] == "user"
+    assert len(line["uuid"]) == 36 and json.loads(a.encode("x"))["uuid"] != line["uuid"]  # one per message
     with pytest.raises(TypeError):
         a.encode(b"bytes")  # type: ignore[arg-type]
 
@@ -354,7 +359,8 @@ def test_command_lines():
     a = ClaudeAdapter(cli_path="/bin/true", model="m", permission_mode="plan", allowed_tools=["Read", "Bash(git *)"],
                       system_prompt="be brief", resume="abc", include_partial_messages=True,
                       no_session_persistence=True, extra_args=["--effort", "low"])
-    assert a.command(0) == ["/bin/true", "-p", "--input-format", "stream-json", "--output-format", "stream-json",
+    assert a.command(0) == ["/bin/true", "-p", "--input-format", "stream-json", "--replay-user-messages",
+                            "--output-format", "stream-json",
                             "--verbose", "--model", "m", "--permission-mode", "plan", "--allowedTools",
                             "Read,Bash(git *)", "--system-prompt", "be brief", "--resume", "abc",
                             "--include-partial-messages", "--no-session-persistence", "--effort", "low"]
@@ -434,3 +440,88 @@ def test_an_interrupt_marker_quoted_by_a_tool_does_not_end_the_turn():
     frame = driver.result("t1")
     assert frame.text == "done" and not frame.fields.get("meta", {}).get("interrupted") \
         and frame.fields.get("is_error") is False
+
+
+# -- turns attributed by the uuid claude echoes (--replay-user-messages) -------------------------
+def _message(a: ClaudeAdapter, text: str) -> Tuple[bytes, str]:
+    data = a.encode(text)
+    return data, json.loads(data)["uuid"]
+
+
+def replay_line(text: str, uuid: str) -> bytes:
+    return _line({"type": "user", "message": {"role": "user", "content": text}, "uuid": uuid, "isReplay": True})
+
+
+def test_a_turn_claude_starts_by_itself_while_idle_is_unsolicited():
+    a = ClaudeAdapter(cli_path="/bin/true")
+    d = Driver(a.new_framer())  # type: ignore[arg-type]
+    notice = _line({"type": "system", "subtype": "task_notification", "task_id": "b1"})
+    d.feed(notice + INIT)
+    assert d.tool_turns == 1  # the instance holds prompts back from here
+    d.feed(assistant("the job finished") + ok_result("the job finished"))
+    assert [f.text for f in d.unsolicited] == ["the job finished"] and d.results == []
+    data, uuid = _message(a, "mine")
+    d.begin("mine", "mine", data)
+    d.feed(INIT + replay_line("mine", uuid) + assistant("ECHO: mine") + ok_result("ECHO: mine"))
+    assert d.result("mine").text == "ECHO: mine"
+
+
+def test_a_tool_turn_that_began_just_before_our_message_does_not_shift_answers():
+    a = ClaudeAdapter(cli_path="/bin/true")
+    d = Driver(a.new_framer())  # type: ignore[arg-type]
+    answers = []
+    for n in range(3):
+        data, uuid = _message(a, f"q{n}")
+        d.begin(f"q{n}", f"q{n}", data)
+        # claude started a turn of its own a moment before reading our message ...
+        d.feed(INIT + assistant(f"background {n}") + ok_result(f"background {n}"))
+        assert d.turns, "our request must not take the tool's answer"
+        # ... then answers ours.
+        d.feed(INIT + replay_line(f"q{n}", uuid) + assistant(f"ECHO: q{n}") + ok_result(f"ECHO: q{n}"))
+        answers.append(d.result(f"q{n}").text)
+    assert answers == ["ECHO: q0", "ECHO: q1", "ECHO: q2"]
+    assert [f.text for f in d.unsolicited] == ["background 0", "background 1", "background 2"]
+
+
+def test_late_result_of_an_interrupted_turn_is_dropped_by_uuid():
+    a = ClaudeAdapter(cli_path="/bin/true", interrupt_settle=0.01)
+    d = Driver(a.new_framer())  # type: ignore[arg-type]
+    data, uuid = _message(a, "slow")
+    d.begin("slow", "slow", data)
+    d.feed(INIT + replay_line("slow", uuid))
+    assert b'"interrupt"' in d.interrupt()
+    d.feed(_line({"type": "user", "message": {"role": "user", "content": [
+        {"type": "text", "text": "[Request interrupted by user]"}]}}))
+    d.quiet()
+    assert d.result("slow").fields["interrupted"] is True
+    data2, uuid2 = _message(a, "next")
+    d.begin("next", "next", data2)
+    d.feed(_line({"type": "result", "subtype": "error_during_execution", "is_error": True, "result": "late"}))
+    assert d.turns == collections.deque(["next"])  # the late result is not the next answer
+    d.feed(INIT + replay_line("next", uuid2) + ok_result("ECHO: next"))
+    assert d.result("next").text == "ECHO: next" and d.unsolicited == []
+
+
+@pytest.mark.parametrize("chunk", [0, 333])
+def test_over_long_result_line_ends_the_request_and_the_next_one_is_framed(chunk):
+    a = ClaudeAdapter(cli_path="/bin/true", max_line_bytes=1024)
+    d = Driver(a.new_framer())  # type: ignore[arg-type]
+    data, uuid = _message(a, "big")
+    d.begin("big", "big", data)
+    big = "y" * 3000
+    d.feed(INIT + replay_line("big", uuid) + assistant(big) + ok_result(big), chunk)
+    err = d.result("big")
+    assert isinstance(err, ProtocolError) and "max_line_bytes=1024" in str(err) and not d.turns
+    data2, uuid2 = _message(a, "small")
+    d.begin("small", "small", data2)
+    d.feed(INIT + replay_line("small", uuid2) + ok_result("ECHO: small"), chunk)
+    assert d.result("small").text == "ECHO: small"
+
+
+def test_control_requests_from_claude_are_refused_at_once():
+    d = Driver(ClaudeFramer())
+    d.begin("p", "p")
+    d.feed(INIT + _line({"type": "control_request", "request_id": "r9",
+                         "request": {"subtype": "can_use_tool", "tool_name": "Bash"}}))
+    answer = json.loads(d.sent)
+    assert answer["response"]["request_id"] == "r9" and answer["response"]["subtype"] == "error"

@@ -23,10 +23,6 @@ import pytest
 pytestmark = pytest.mark.timeout(180)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NEEDS_CORE = pytest.mark.xfail(
-    strict=True, reason="needs core wiring: a request's error must carry the instance it ran on "
-                        "(exc.index, as InstanceCrashed has) for ResponseTimeout too; remove this mark once it does")
-
 
 def toolpool(*args: str, input: str | bytes | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     data = input.encode() if isinstance(input, str) else input
@@ -137,7 +133,6 @@ def test_prompts_that_ran_and_failed_exit_1_and_keep_their_instance(tmp_path):
     assert records["bad two"]["instance"] == 0, records["bad two"]
 
 
-@NEEDS_CORE
 def test_a_timed_out_record_keeps_its_instance():
     res = toolpool("run", "-n", "1", "--option", "think=3", "--prompt", "slow", "--timeout", "0.5")
     assert res.returncode == 1, res.stderr

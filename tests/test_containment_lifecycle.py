@@ -11,7 +11,6 @@ import threading
 import pytest
 from toolkit import HERE
 
-import toolpool.pool
 from toolpool import ReplAdapter, ToolProcessPool, lifecycle
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,7 +18,6 @@ pytestmark = pytest.mark.timeout(120)
 REPO = os.path.dirname(HERE)
 TOOLS = os.path.join(HERE, "tools")
 # The core registers its pools with toolpool.lifecycle once the rebuilt pool.py lands.
-WIRED = not hasattr(toolpool.pool, "_shutdown_forgotten_pools")
 
 
 def run_script(args, env_extra=None, timeout=90) -> subprocess.CompletedProcess:
@@ -33,18 +31,11 @@ def last_json(out: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.mark.parametrize("how", ["os.fork", "multiprocessing"])
-def test_forked_child_exiting_leaves_the_parents_pool_alone_when_wired(how):
-    """Shows what the core must do (``--wire`` applies it by hand) and that it is enough."""
-    flags = ["--wire"] + (["--multiprocessing"] if how == "multiprocessing" else [])
+def test_forked_child_exiting_leaves_the_parents_pool_alone(how):
+    """A forked child that exits normally runs atexit hooks and finalizers: they must not touch the parent's
+    pool (its tools) nor delete the claude adapter's private directory."""
+    flags = ["--multiprocessing"] if how == "multiprocessing" else []
     result = last_json(run_script([os.path.join(TOOLS, "forker.py"), *flags]))
-    assert result["answers"] == [f"you said: still there {i}" for i in range(3)]
-    assert result["private_dir_kept"] is True
-
-
-@pytest.mark.xfail(not WIRED, reason="pool.py and the adapters' finalizers are wired to lifecycle by the core",
-                   strict=False)
-def test_forked_child_exiting_leaves_the_parents_pool_alone():
-    result = last_json(run_script([os.path.join(TOOLS, "forker.py")]))
     assert result["answers"] == [f"you said: still there {i}" for i in range(3)]
     assert result["private_dir_kept"] is True
 

@@ -29,7 +29,7 @@ def test_elastic_pool_shrinks_and_grows_again(make_pool):
         futures = [pool.submit("sleep 0.4"), pool.submit("sleep 0.4")]
         assert wait_until(lambda: pool.size == 2, 20)
         assert [f.result(30).text for f in futures] == ["slept", "slept"]
-        assert wait_until(lambda: pool.size == 1 and not pool._growing, 20)
+        assert wait_until(lambda: pool.size == 1 and not pool._supervisor.growing, 20)
 
 
 def test_oneshot_tool_exiting_before_any_prompt_backs_off_to_fatal(make_pool):

@@ -6,9 +6,8 @@ through its public API is searched for the key values.
 
 Two kinds of secret are used: keys with a recognisable shape (``sk-ant-...``),
 which shape redaction catches wherever they appear, and keys without one,
-which only the value registry catches.  The pool registers its adapter's
-secrets only once the core does it (``register_secrets(adapter_secrets(...))``
-at pool creation): tests that need it carry ``NEEDS_CORE``.
+which only the value registry catches (the pool registers its adapter's
+secrets at creation).
 """
 
 from __future__ import annotations
@@ -39,11 +38,6 @@ from toolpool.redact import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-NEEDS_CORE = pytest.mark.xfail(
-    strict=True,
-    reason="needs core wiring: the pool must register_secrets(adapter_secrets(adapter)) at creation and pass "
-           "get_status()/events through toolpool.redact.redact (remove this mark once it does)")
 
 # Shaped: caught by shape anywhere.  Unshaped: only by value.
 SHAPED = {"ANTHROPIC_API_KEY": "sk-ant-api03-" + _random.token_hex(16),
@@ -128,7 +122,6 @@ def test_shaped_keys_redacted_after_a_crash(where, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("where", ["status", "events"])
-@NEEDS_CORE
 def test_shaped_keys_redacted_in_status_and_events(where, tmp_path, caplog):
     run = crash_run(SHAPED, tmp_path, caplog)
     assert_clean(where, run[where], run["values"])
@@ -142,7 +135,6 @@ def test_unshaped_keys_redacted_in_dumps_and_logs(where, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("where", ["error", "last_error", "status", "events"])
-@NEEDS_CORE
 def test_unshaped_keys_redacted_everywhere(where, tmp_path, caplog):
     run = crash_run(UNSHAPED, tmp_path, caplog)
     assert_clean(where, run[where], run["values"])
@@ -180,7 +172,6 @@ def test_spawn_error_and_its_logs_redacted(caplog):
     assert "start_failed" in run["names"] and "fatal" in run["names"], run["names"]
 
 
-@NEEDS_CORE
 def test_start_failed_and_fatal_events_redacted(caplog):
     run = failed_start_run(caplog)
     assert "fatal" in run["names"], run["names"]

@@ -5,9 +5,8 @@ import logging
 from .adapters import (Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter)
 from .adapters.command import CommandAdapter
 from .dispatch import Lease
-from .pool import AcquireTimeout
 from .supervision import RestartPolicy
-from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ProtocolError,
+from .errors import (AcquireTimeout, InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ProtocolError,
                      ResponseTimeout, ResponseTooLarge, SpawnError, ToolNotFoundError, ToolPoolError)
 from .instance import Instance
 from .pool import ToolProcessPool

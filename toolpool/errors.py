@@ -54,9 +54,11 @@ class ResponseTimeout(ToolPoolError, TimeoutError):
     ("queue" while waiting for an instance, "response" while the tool worked).
     """
 
-    def __init__(self, message: str, partial: bytes = b"", phase: str = "response") -> None:
+    def __init__(self, message: str, partial: bytes = b"", phase: str = "response",
+                 index: Optional[int] = None) -> None:
         self.partial = partial
         self.phase = phase
+        self.index = index  # the instance it ran on (None while still queued)
         super().__init__(message)
 
 
@@ -108,3 +110,7 @@ class ResponseTooLarge(ToolPoolError):
 
 class ProtocolError(ToolPoolError):
     """The tool printed something its adapter cannot parse (a malformed or over-long line)."""
+
+
+class AcquireTimeout(ToolPoolError, TimeoutError):
+    """No instance became free for a lease within its timeout."""

@@ -9,26 +9,43 @@ are resolved, callbacks run and processes signalled outside it.
 Each started process is a *generation* (:class:`_Process`).  Callbacks from a
 generation that is no longer current are ignored, so a late chunk from a
 killed process can never reach a new request.
+
+Turn accounting: every byte written belongs to a turn, and a process is
+reused only when its turn has ended *and* the tool has consumed that turn's
+input.  A turn cut short (interrupted, expired, its lease released) while
+input is still unwritten or unread (the writer has bytes pending, the pipe
+holds unread bytes, aider has not closed a ``{tag`` block) is not interrupted
+at all: the process is *retired* (killed and replaced, never reused), because
+whatever it had not read yet would be read as the next request's input.  A
+frame nobody asked for (a turn the tool started itself) is *unsolicited*: it
+goes to the listener, never to a waiting request, and while the tool runs such
+a turn the instance is BUSY so no prompt is sent into it.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import concurrent.futures as cf
 import dataclasses
+import fcntl
 import logging
 import select
 import signal
+import termios
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from .adapters.base import Adapter, Control, EventCallback, Frame, Framer
+from .adapters.base import Adapter, Control, Cut, EventCallback, Frame, Framer
 from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, ResponseTimeout, SpawnError,
                      ToolNotFoundError, ToolPoolError)
 from .response import Response, Timings
 from .states import LIVE_STATES, State, check_transition
+from .redact import redact_text
+from .scheduler import Scheduler, Timer
 from .streams import StopSignal, StreamReader, Tail, Writer
+from .timeouts import check_seconds
 from .transport import Transport, make_transport
 
 log = logging.getLogger("toolpool.instance")
@@ -39,14 +56,16 @@ _RESPONSE_FIELDS = {f.name for f in dataclasses.fields(Response)}
 STDERR_SETTLE = 0.1
 
 Listener = Callable[["Instance", str, Dict[str, Any]], None]
-Completion = Tuple[cf.Future, Any, bool]  # (future, value, is_exception)
+CallLater = Callable[[float, Callable[[], None]], Timer]
+Completion = Tuple["cf.Future[Any]", Any, bool]  # (future, value, is_exception)
 
 
-class _TurnFuture(cf.Future):
+class _TurnFuture(cf.Future):  # type: ignore[type-arg]
     """A Future that knows whether its outcome was taken, so a response a caller
     got through the Future is not kept for :meth:`Instance.read` as well."""
 
     consumed = False
+    number = 0  # the instance's turn number: to act on this turn only (interrupt, abandon)
 
     def result(self, timeout: Optional[float] = None) -> Any:
         value = super().result(timeout)
@@ -60,16 +79,20 @@ class _TurnFuture(cf.Future):
 
 
 class _Turn:
-    """One exchange with the tool: readiness, a warm-up prompt, or a request."""
+    """One exchange with the tool: readiness, a warm-up prompt, a probe, a request, or a
+    turn the tool started by itself ("tool")."""
 
     __slots__ = ("kind", "prompt", "future", "on_event", "created", "sent_at", "first_byte_at", "failed",
-                 "timings")
+                 "timings", "number", "cut_short")
 
     def __init__(self, kind: str, prompt: Optional[str], on_event: Optional[EventCallback] = None,
-                 timings: Optional[Timings] = None) -> None:
+                 timings: Optional[Timings] = None, number: int = 0) -> None:
         self.kind = kind
+        self.number = number
+        self.cut_short = False  # interrupted: its input must be fully consumed before reuse
         self.prompt = prompt
         self.future: _TurnFuture = _TurnFuture()
+        self.future.number = number
         self.future.set_running_or_notify_cancel()  # sent turns cannot be cancelled, only interrupted
         self.on_event = on_event
         self.created = time.perf_counter()
@@ -94,22 +117,36 @@ class _Process:
         self.disposed = False
         self.dispose_lock = threading.Lock()
         self.input_error: Optional[str] = None  # set when a write found the tool's input closed
+        self.retired: Optional[str] = None  # why this process is being replaced (never reused)
+        self.control: Optional[Control] = None
 
 
 class Instance:
     """A supervised tool process in slot ``index``.  Thread-safe.
 
     Normally used through :class:`toolpool.ToolProcessPool`; usable alone.
+    ``listener(instance, event, info)`` hears lifecycle events ("spawned",
+    "ready", "exited", "start_failed", "stopped", "restarting",
+    "unsolicited" with ``info["response"]``); ``on_idle(instance)`` is called
+    (outside every lock) each time the instance becomes IDLE; ``call_later``
+    schedules deferred work (the pool passes its scheduler's; alone, the
+    instance runs a scheduler of its own, stopped with ``stop(final=True)``).
     """
 
-    def __init__(self, adapter: Adapter, index: int, listener: Optional[Listener] = None) -> None:
+    def __init__(self, adapter: Adapter, index: int, listener: Optional[Listener] = None, *,
+                 on_idle: Optional[Callable[["Instance"], None]] = None,
+                 call_later: Optional[CallLater] = None) -> None:
         self.adapter = adapter
         self.index = index
         self._listener = listener
+        self._on_idle = on_idle
+        self._call_later = call_later
+        self._own_scheduler: Optional[Scheduler] = None
         self._lock = threading.Lock()
         self._state = State.STOPPED
         self._proc: Optional[_Process] = None
         self._generation = 0
+        self._turn_number = 0
         self._turns: Deque[_Turn] = collections.deque()  # sent, not yet answered
         self._unread: Deque[_Turn] = collections.deque()  # requests not yet returned by read()
         self.stderr = Tail(adapter.stderr_tail_bytes)
@@ -120,6 +157,8 @@ class Instance:
         self.errors = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.unsolicited = 0
+        self.retirements = 0
         self.last_error: Optional[str] = None
         self.last_exit_code: Optional[int] = None
         self.busy_since: Optional[float] = None
@@ -151,6 +190,18 @@ class Instance:
     def alive(self) -> bool:
         return self._state in LIVE_STATES
 
+    @property
+    def current_turn(self) -> int:
+        """The number of the request turn in progress (0 when none): to act on *that* turn only."""
+        with self._lock:
+            return self._head_request_number()
+
+    def _head_request_number(self) -> int:
+        for turn in self._turns:
+            if turn.kind == "prompt":
+                return turn.number
+        return 0
+
     def _set_state(self, new: State) -> None:
         """Move to ``new``; call with the lock held.  The one place states change."""
         if new is self._state:
@@ -161,7 +212,7 @@ class Instance:
         self.busy_since = time.time() if new is State.BUSY else None
 
     def set_supervised_state(self, new: State) -> bool:
-        """Move an EXITED instance to BACKOFF or FATAL (the pool's supervisor decides).
+        """Move an EXITED instance to BACKOFF or FATAL (the supervisor decides).
 
         Returns False, changing nothing, if the instance is no longer EXITED
         (restarted or stopped by someone else meanwhile).
@@ -173,16 +224,29 @@ class Instance:
             return True
 
     def when_idle(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the instance is IDLE (now, if it is).  Called outside locks."""
+        """Call ``callback`` once the instance is IDLE (now, if it is), or when it stops for good."""
         with self._lock:
             if self._state is not State.IDLE:
                 self._idle_waiters.append(callback)
                 return
         callback()
 
-    def _take_idle_waiters(self) -> List[Callable[[], None]]:
+    def _became_idle(self) -> List[Callable[[], None]]:
         """Lock held.  The waiters to run now that the instance is IDLE."""
-        return self._take_all_waiters() if self._state is State.IDLE else []
+        if self._state is not State.IDLE:
+            return []
+        waiters, self._idle_waiters = self._idle_waiters, []
+        return waiters
+
+    def _idle_now(self, waiters: List[Callable[[], None]]) -> None:
+        """Outside the lock, after a move to IDLE: tell who waits."""
+        for waiter in waiters:
+            waiter()
+        if self._on_idle is not None:
+            try:
+                self._on_idle(self)
+            except Exception:
+                log.exception("on_idle callback failed for instance %d", self.index)
 
     def has_unread(self) -> bool:
         with self._lock:
@@ -196,6 +260,15 @@ class Instance:
             except Exception:  # a listener bug must not kill a reader thread
                 log.exception("toolpool listener failed on %s for instance %d", event, self.index)
 
+    def _later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        if self._call_later is not None:
+            return self._call_later(delay, fn)
+        with self._lock:
+            if self._own_scheduler is None:
+                self._own_scheduler = Scheduler(name=f"toolpool-scheduler-instance-{self.index}")
+            scheduler = self._own_scheduler
+        return scheduler.call_later(delay, fn)
+
     # -------------------------------------------------------------- lifecycle
     def start(self, timeout: Optional[float] = None) -> None:
         """Spawn the tool and wait until it is ready (and warmed up).
@@ -207,6 +280,7 @@ class Instance:
         :class:`InstanceBusy` if the instance is running, starting or stopping
         (``restart()`` stops, then starts).
         """
+        timeout = check_seconds("timeout", timeout, positive=True)
         limit = self.adapter.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._lock:
@@ -227,34 +301,35 @@ class Instance:
             if ready is not None:
                 self._await_start(ready, deadline, limit, "become ready")
             for prompt in self.adapter.warmup_prompts():
-                self._await_start(self._send(prompt, kind="warmup", state_ok=(State.STARTING,)), deadline, limit,
-                                  f"answer warm-up prompt {prompt!r}")
+                data = self.adapter.encode(prompt)
+                self._await_start(self._send(prompt, data, kind="warmup", state_ok=(State.STARTING,)), deadline,
+                                  limit, f"answer warm-up prompt {prompt!r}")
             with self._lock:
                 if self._proc is not proc or self._state is not State.STARTING:
                     if self._proc is proc and self._state is State.EXITED:  # a tool ready on spawn died at once
                         raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up",
-                                         self.last_exit_code, self.stderr.text())
+                                         self.last_exit_code, self._redacted(self.stderr.text()))
                     raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
                 self._set_state(State.IDLE)
                 self.started_at = time.time()
                 self.ready_at = time.perf_counter()
                 self.served = 0
-                waiters = self._take_idle_waiters()
+                waiters = self._became_idle()
         except BaseException as exc:
             self._abort_start(exc, proc)
             raise
-        for waiter in waiters:
-            waiter()
         spawn_s = time.perf_counter() - t0
         log.info("instance %d ready: pid %d in %.3fs", self.index, proc.transport.pid, spawn_s,
                  extra={"instance": self.index, "pid": proc.transport.pid, "spawn_seconds": spawn_s})
-        self._emit("ready", pid=proc.transport.pid, seconds=spawn_s)
+        self._emit("ready", pid=proc.transport.pid, seconds=spawn_s, generation=proc.generation)
+        self._idle_now(waiters)
 
     def _spawn(self) -> Tuple[_Process, Optional[_Turn]]:
         """Start a process; return it and the turn that completes when it is ready."""
         adapter = self.adapter
         transport = make_transport(adapter.transport, adapter.command(self.index),
-                                   adapter.environment(self.index), adapter.cwd)
+                                   adapter.environment(self.index), adapter.cwd, adapter_env=adapter.env,
+                                   memory_max=getattr(adapter, "memory_max", None))
         try:
             framer = adapter.new_framer()
             with self._lock:
@@ -264,6 +339,12 @@ class Instance:
             _kill_transport(transport)  # nothing else owns it yet
             raise
         try:
+            name = f"toolpool-{self.index}.{proc.generation}"
+            proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
+                                 lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
+            proc.control = Control(proc.writer.write, transport.signal_process, transport.signal_group,
+                                   self._later, lambda p=proc: self._control_turn(p),
+                                   lambda p=proc: self._control_in_turn(p))
             with self._lock:
                 stopped = self._state is not State.STARTING  # stopped while we spawned: undo
                 ready: Optional[_Turn] = None
@@ -273,14 +354,11 @@ class Instance:
                     if not adapter.ready_on_spawn:
                         # Registered before the readers start: a prompt printed at once
                         # must find its turn waiting.
-                        ready = _Turn("ready", None)
+                        ready = self._new_turn("ready", None)
                         self._turns.append(ready)
                         proc.framer.start_turn(None)
             if stopped:
                 raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
-            name = f"toolpool-{self.index}.{proc.generation}"
-            proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
-                                 lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
             proc.readers.append(StreamReader(transport.stdout_fd, _StdoutSink(self, proc), proc.stop,
                                              f"{name}-stdout", exit_fd=transport.exit_fd))
             if transport.stderr_fd is not None:
@@ -299,6 +377,20 @@ class Instance:
             if hello:
                 proc.writer.write(hello)
         return proc, ready
+
+    def _new_turn(self, kind: str, prompt: Optional[str], on_event: Optional[EventCallback] = None,
+                  timings: Optional[Timings] = None) -> _Turn:
+        """Lock held."""
+        self._turn_number += 1
+        return _Turn(kind, prompt, on_event, timings, self._turn_number)
+
+    def _control_turn(self, proc: _Process) -> int:
+        with self._lock:
+            return self._head_request_number() if proc is self._proc else -1
+
+    def _control_in_turn(self, proc: _Process) -> bool:
+        with self._lock:
+            return proc is self._proc and self._head_request_number() != 0
 
     def _await_start(self, turn: _Turn, deadline: float, limit: float, what: str) -> None:
         try:
@@ -320,9 +412,8 @@ class Instance:
         return f"; last output: {self._redacted(shown)!r}" + (f"; hint: {hint}" if hint else "")
 
     def _redacted(self, text: str) -> str:
-        from .status import redact_text, secret_values  # the tool may echo a key it was given
-
-        return redact_text(text, secret_values(self.adapter.secret_env()))
+        """``text`` with secrets masked: the tool may echo a key it was given."""
+        return redact_text(text)
 
     def _abort_start(self, exc: BaseException, proc: Optional[_Process]) -> None:
         """Undo a failed start: this attempt's process and turns only."""
@@ -332,7 +423,7 @@ class Instance:
                 self._proc = None
                 if self._state is State.STARTING:
                     self._set_state(State.EXITED)
-                self.last_error = str(exc)
+                self.last_error = self._redacted(str(exc))
                 if isinstance(exc, SpawnError):
                     self.last_exit_code = exc.exit_code
                 turns = list(self._turns)
@@ -345,8 +436,9 @@ class Instance:
         if proc is not None:
             self._dispose(proc, grace=0.0)
         if not isinstance(exc, (ToolNotFoundError, InstanceUnavailable, InstanceBusy)):  # not: stopped on purpose
-            log.warning("instance %d failed to start: %s", self.index, exc, extra={"instance": self.index})
-        self._emit("start_failed", error=str(exc))
+            log.warning("instance %d failed to start: %s", self.index, self._redacted(str(exc)),
+                        extra={"instance": self.index})
+        self._emit("start_failed", error=self._redacted(str(exc)))
 
     def restart(self, timeout: Optional[float] = None, stop_timeout: float = 5.0, why: str = "") -> None:
         """Stop the current process (if any) and start a new one; see :meth:`start`.
@@ -369,6 +461,7 @@ class Instance:
         gone (or ``timeout`` passed, after SIGKILL).  A second concurrent
         ``stop`` waits for the first.  ``final``: never start again.
         """
+        timeout = check_seconds("timeout", timeout, allow_none=False) or 0.0
         with self._lock:
             self._retired = self._retired or final
             if self._state is State.STOPPED:
@@ -388,6 +481,7 @@ class Instance:
         if done is None:
             for waiter in waiters:
                 waiter()
+            self._close_own_scheduler(final)
             return
         self._resolve(failed)
         try:
@@ -398,25 +492,43 @@ class Instance:
                 if self._state is State.STOPPING:
                     self._set_state(State.STOPPED)
                 # For good: whoever waits for this instance to become idle must hear now.
-                # Otherwise they wait for the next start (queued messages survive a restart).
                 waiters = self._take_all_waiters() if self._retired else []
             done.set()
-        # Anyone waiting for this instance to become idle learns now that it will not.
         for waiter in waiters:
             waiter()
+        self._close_own_scheduler(final)
         self._emit("stopped")
 
-    def release_waiters(self) -> None:
-        """Run every when_idle callback now: the instance will not become idle by itself
-        (FATAL, or dead with restarts disabled).  They find it unavailable and fail their work."""
-        with self._lock:
-            waiters = self._take_all_waiters()
-        for waiter in waiters:
-            waiter()
+    def _close_own_scheduler(self, final: bool) -> None:
+        if final and self._own_scheduler is not None:
+            self._own_scheduler.close()
 
     def _take_all_waiters(self) -> List[Callable[[], None]]:
         waiters, self._idle_waiters = self._idle_waiters, []
         return waiters
+
+    def retire(self, reason: str, expect_turn: Optional[int] = None) -> bool:
+        """Kill the current process so that it is replaced, never reused; False if nothing to do.
+
+        For a process whose input is in an unknown state (a turn cut short
+        while the tool still read its prompt) or that ignored an interrupt.
+        Pending requests fail with :class:`InstanceUnavailable` naming
+        ``reason``; the pool's supervisor starts a new process at once,
+        without counting a failure.  ``expect_turn``: only if that request
+        turn is still the current one.
+        """
+        with self._lock:
+            proc = self._proc
+            if proc is None or self._state not in (State.IDLE, State.BUSY) or proc.retired is not None:
+                return False
+            if expect_turn is not None and self._head_request_number() != expect_turn:
+                return False
+            proc.retired = reason
+            self.retirements += 1
+        log.info("instance %d: replacing pid %d: %s", self.index, proc.transport.pid, reason,
+                 extra={"instance": self.index, "pid": proc.transport.pid, "reason": reason})
+        proc.transport.signal_group(signal.SIGKILL)
+        return True
 
     def _dispose(self, proc: _Process, grace: float) -> None:
         """End a generation: shutdown order, then threads joined and fds closed."""
@@ -464,38 +576,42 @@ class Instance:
 
     # --------------------------------------------------------------- requests
     def send(self, prompt: str, *, on_event: Optional[EventCallback] = None,
-             timings: Optional[Timings] = None, data: Optional[bytes] = None, unread: bool = True) -> cf.Future:
+             timings: Optional[Timings] = None, data: Optional[bytes] = None,
+             unread: bool = True) -> "cf.Future[Response]":
         """Write ``prompt``; return a Future for its :class:`Response`.  Never blocks.
 
-        With ``unread=True`` the response is also kept for :meth:`read`;
-        callers that only use the Future pass False.
+        ``data``: the prompt already encoded by the adapter (the pool encodes
+        once, at its API edge); None to encode it here.  With ``unread=True``
+        the response is also kept for :meth:`read`; callers that only use the
+        Future pass False.
 
         Raises ValueError for a prompt the adapter cannot send safely,
         :class:`InstanceBusy` while the previous prompt is unanswered, and
         :class:`InstanceUnavailable` when no process is ready.
         """
-        turn = self._send(prompt, kind="prompt", on_event=on_event, timings=timings, data=data, unread=unread)
-        return turn.future
-
-    def _send(self, prompt: str, *, kind: str, on_event: Optional[EventCallback] = None,
-              timings: Optional[Timings] = None, state_ok: Tuple[State, ...] = (State.IDLE,),
-              data: Optional[bytes] = None, unread: bool = False) -> _Turn:
         if data is None:
             data = self.adapter.encode(prompt)
+        turn = self._send(prompt, data, kind="prompt", on_event=on_event, timings=timings, unread=unread)
+        return turn.future
+
+    def _send(self, prompt: Optional[str], data: bytes, *, kind: str, on_event: Optional[EventCallback] = None,
+              timings: Optional[Timings] = None, state_ok: Tuple[State, ...] = (State.IDLE,),
+              unread: bool = False) -> _Turn:
         with self._lock:
             if self._state not in state_ok:
                 raise self._not_ready_error()
             proc = self._proc
             assert proc is not None and proc.writer is not None
-            turn = _Turn(kind, prompt, on_event, timings)
+            turn = self._new_turn(kind, prompt, on_event, timings)
             self._turns.append(turn)
             if kind == "prompt":
                 if unread:  # only callers that will read() it back; dispatch holds the Future
                     self._drop_consumed()
                     self._unread.append(turn)
                 self.requests += 1
+            if kind in ("prompt", "probe"):
                 self._set_state(State.BUSY)
-            proc.framer.start_turn(prompt)
+            proc.framer.start_turn(prompt, data)
             self.bytes_in += len(data)
             turn.sent_at = time.perf_counter()
             self.last_output_at = time.monotonic()  # silence counts from the prompt, not from the last answer
@@ -511,6 +627,9 @@ class Instance:
 
     def _not_ready_error(self) -> ToolPoolError:
         state = self._state
+        if state is State.BUSY and self._turns and self._turns[0].kind == "tool":
+            return InstanceBusy(f"instance {self.index} is running a turn the tool started by itself; "
+                                "wait for it to end (submit() queues the prompt until then)")
         if state is State.BUSY and self._turns and self._turns[0].failed:
             return InstanceBusy(f"instance {self.index} is still discarding the rest of a failed response "
                                 "(the tool has not finished it yet); wait, or interrupt/restart it")
@@ -529,6 +648,7 @@ class Instance:
         ``read`` waits for the same one.  Raises :class:`InstanceCrashed` at
         once if the process dies first.
         """
+        timeout = check_seconds("timeout", timeout)
         with self._lock:
             self._drop_consumed()
             if not self._unread:
@@ -543,7 +663,8 @@ class Instance:
 
     def _wait(self, turn: _Turn, timeout: Optional[float]) -> Response:
         try:
-            return turn.future.result(timeout)
+            result: Response = turn.future.result(timeout)
+            return result
         except cf.TimeoutError:
             with self._lock:
                 partial = self._proc.framer.partial() if (self._proc and turn in self._turns) else b""
@@ -553,7 +674,8 @@ class Instance:
             why = f"; the tool closed its input ({closed}), restart it" if closed else ""
             raise ResponseTimeout(
                 f"instance {self.index} gave no complete response within {timeout}s; it is still pending "
-                f"(read again to keep waiting, or interrupt/restart the instance){why}", partial) from None
+                f"(read again to keep waiting, or interrupt/restart the instance){why}", partial,
+                index=self.index) from None
         finally:
             if turn.future.done():
                 with self._lock:
@@ -562,13 +684,16 @@ class Instance:
                     except ValueError:
                         pass  # another reader returned it already
 
-    def ask(self, prompt: str, timeout: Optional[float] = None, **kwargs: Any) -> Response:
+    def ask(self, prompt: str, timeout: Optional[float] = None, *, on_event: Optional[EventCallback] = None,
+            data: Optional[bytes] = None) -> Response:
         """Send ``prompt`` and wait at most ``timeout`` seconds for *its* response.
 
         On timeout the response stays pending for a later :meth:`read`.
         """
-        kwargs.setdefault("unread", True)
-        return self._wait(self._send(prompt, kind="prompt", **kwargs), timeout)
+        timeout = check_seconds("timeout", timeout)
+        if data is None:
+            data = self.adapter.encode(prompt)
+        return self._wait(self._send(prompt, data, kind="prompt", on_event=on_event, unread=True), timeout)
 
     def partial_output(self) -> bytes:
         """What has arrived so far of the response in progress (b"" if none)."""
@@ -582,23 +707,55 @@ class Instance:
             self._unread.clear()
         return n
 
-    def interrupt(self, expect_requests: Optional[int] = None) -> bool:
-        """Ask the tool to cancel the turn in progress.  False if nothing to cancel.
+    def input_pending(self) -> bool:
+        """True while the tool has not consumed all input written to it (see module docs)."""
+        with self._lock:
+            proc = self._proc
+            return proc is not None and self._input_pending(proc)
 
-        ``expect_requests``: only if the instance is still on that request
-        (its ``requests`` count), so a late interrupt never hits the next one.
+    def _input_pending(self, proc: _Process) -> bool:
+        """Lock held (the framer is read under it)."""
+        if proc.framer.input_open():
+            return True
+        writer = proc.writer
+        if writer is not None and writer.has_pending():
+            return True
+        if proc.transport.kind != "pipe":
+            return False  # a terminal's queue cannot be measured; prompts there are single short lines
+        try:
+            unread = array.array("i", [0])
+            fcntl.ioctl(proc.transport.stdin_fd, termios.FIONREAD, unread, True)
+            return unread[0] > 0
+        except OSError:
+            return False  # input closed (one-shot tools): nothing more will be read
+
+    def interrupt(self, expect_turn: Optional[int] = None) -> bool:
+        """Cancel the request turn in progress.  False if there is nothing to cancel.
+
+        ``expect_turn``: only if that turn (a :attr:`current_turn` value) is
+        still the one in progress, so a late interrupt never hits the next
+        request.  When the tool is still reading the turn's input, it is not
+        interrupted but replaced (:meth:`retire`): the rest of the input would
+        otherwise be read as new input.
         """
         with self._lock:
             if self._state is not State.BUSY or self._proc is None:
                 return False
-            if expect_requests is not None and self.requests != expect_requests:
+            number = self._head_request_number()
+            if number == 0 or (expect_turn is not None and number != expect_turn):
                 return False
             proc = self._proc
-            proc.framer.interrupt_sent()
-        assert proc.writer is not None
-        control = Control(proc.writer.write, proc.transport.signal_process, proc.transport.signal_group,
-                          proc.framer)
-        self.adapter.interrupt(control)
+            for turn in self._turns:
+                if turn.number == number:
+                    turn.cut_short = True
+            pending = self._input_pending(proc)
+            cut = Cut() if pending else proc.framer.interrupt_sent()
+        if pending:
+            return self.retire("interrupted while the tool was still reading the prompt", number)
+        assert proc.control is not None
+        if cut.send:
+            self._write(proc, cut.send)
+        self.adapter.interrupt(proc.control)
         return True
 
     def probe(self, timeout: float) -> bool:
@@ -611,21 +768,23 @@ class Instance:
         data = self.adapter.liveness_probe()
         if data is None:
             return True
-        with self._lock:
-            if self._state is not State.IDLE or self._proc is None or self._proc.writer is None:
-                return True
-            proc = self._proc
-            turn = _Turn("probe", None)
-            self._turns.append(turn)
-            self._set_state(State.BUSY)
-            self.last_output_at = time.monotonic()
-            proc.framer.start_turn(None)
         try:
-            proc.writer.write(data)
+            turn = self._send(None, data, kind="probe")
+        except (InstanceBusy, InstanceUnavailable):
+            return True
+        try:
             turn.future.result(timeout)
             return True
         except (cf.TimeoutError, ToolPoolError, OSError):
             return False
+
+    def _write(self, proc: _Process, data: bytes) -> None:
+        if proc.writer is None:
+            return
+        try:
+            proc.writer.write(data)
+        except BrokenPipeError as exc:
+            self._on_write_error(proc, exc)
 
     # ------------------------------------------------- reader-thread callbacks
     def _on_data(self, proc: _Process, chunk: bytes) -> Optional[float]:
@@ -637,27 +796,55 @@ class Instance:
             head = self._turns[0] if self._turns else None
             if head is not None and head.first_byte_at is None:
                 head.first_byte_at = time.perf_counter()
-            done = self._apply(proc.framer.feed(chunk))
-            events, proc.framer.events = proc.framer.events, []
-            quiet = proc.framer.settle if proc.framer.has_candidate() else None
-            waiters = self._take_idle_waiters()
-            cancel, proc.framer.wants_interrupt = proc.framer.wants_interrupt, False
-        self._deliver(events, head, done)
-        if cancel:
+            was_busy = self._state is State.BUSY
+            cut = proc.framer.feed(chunk)
+            done, unsolicited, retire = self._apply(proc, cut)
+            idle = was_busy and self._state is State.IDLE
+            waiters = self._became_idle() if idle else []
+            interrupt = cut.interrupt and self._state is State.BUSY
+        if cut.send:
+            self._write(proc, cut.send)
+        if cut.events and head is not None and head.on_event is not None:
+            self._stream(head, cut.events)
+        self._resolve(done)
+        self._after_frames(proc, unsolicited, retire)
+        if interrupt:
             self.interrupt()
-        for waiter in waiters:
-            waiter()
-        return quiet
+        if idle:
+            self._idle_now(waiters)
+        return cut.quiet
 
     def _on_quiet(self, proc: _Process) -> None:
         with self._lock:
             if proc is not self._proc:
                 return
-            done = self._apply(proc.framer.on_quiet())
-            waiters = self._take_idle_waiters()
+            was_busy = self._state is State.BUSY
+            cut = proc.framer.on_quiet()
+            done, unsolicited, retire = self._apply(proc, cut)
+            idle = was_busy and self._state is State.IDLE
+            waiters = self._became_idle() if idle else []
+        if cut.send:
+            self._write(proc, cut.send)
         self._resolve(done)
-        for waiter in waiters:
-            waiter()
+        self._after_frames(proc, unsolicited, retire)
+        if idle:
+            self._idle_now(waiters)
+
+    def _after_frames(self, proc: _Process, unsolicited: List[Response], retire: Optional[str]) -> None:
+        for response in unsolicited:
+            log.info("instance %d: the tool ran a turn by itself (%d bytes); passed to subscribers",
+                     self.index, len(response.raw), extra={"instance": self.index})
+            self._emit("unsolicited", response=response)
+        if retire is not None:
+            self.retire(retire)
+
+    def _stream(self, turn: _Turn, events: List[Dict[str, Any]]) -> None:
+        assert turn.on_event is not None
+        for event in events:
+            try:
+                turn.on_event(event)
+            except Exception:
+                log.exception("on_event callback failed (instance %d)", self.index)
 
     def _on_stderr(self, proc: _Process, chunk: bytes) -> None:
         with self._lock:
@@ -673,28 +860,35 @@ class Instance:
             if proc is not self._proc:
                 return
             self.last_exit_code = code
-            proc.framer.exit_code = code
             prompted = self.served > 0 or any(t.kind == "prompt" for t in self._turns)
-            done = self._apply(proc.framer.on_exit())
+            cut = proc.framer.on_exit(code)
+            done, unsolicited, _ = self._apply(proc, cut)
             expected = self._state in (State.STOPPING, State.STOPPED)
-            error = InstanceCrashed(self.index, code, self.stderr.text(), proc.framer.partial())
+            retired = proc.retired
+            if retired is not None:
+                error: ToolPoolError = InstanceUnavailable(f"instance {self.index} was restarted ({retired})")
+            else:
+                error = InstanceCrashed(self.index, code, self._redacted(self.stderr.text()),
+                                        proc.framer.partial())
             failed = self._take_turns(error)
             done += failed
             # A one-shot process ends with its prompt, whatever its exit code (a bad prompt
             # fails that request, not the slot); exiting before any prompt is a crash.
-            crashed = not self.adapter.oneshot or not prompted
+            crashed = retired is None and (not self.adapter.oneshot or not prompted)
             if not expected:
-                if crashed or failed:
+                if crashed or (failed and retired is None):
                     self.last_error = str(error)
                 self._set_state(State.EXITED)
         # Orphaned grandchildren go now, not at the next restart.
         proc.transport.signal_group(signal.SIGKILL)
         self._resolve(done)
+        self._after_frames(proc, unsolicited, None)
         if not expected:
             log.log(logging.WARNING if crashed else logging.DEBUG, "instance %d: pid %d exited with code %s",
                     self.index, proc.transport.pid, code,
                     extra={"instance": self.index, "pid": proc.transport.pid, "exit_code": code})
-            self._emit("exited", exit_code=code, crashed=crashed, stderr_tail=self.stderr.text())
+            self._emit("exited", exit_code=code, crashed=crashed, retired=retired, generation=proc.generation,
+                       stderr_tail=self._redacted(self.stderr.text()))
 
     def _on_reader_error(self, proc: _Process, exc: BaseException) -> None:
         """A bug (in a framer, say) stopped the stdout reader: nothing would ever be read again.
@@ -714,7 +908,8 @@ class Instance:
             self._set_state(State.EXITED)
         proc.transport.signal_group(signal.SIGKILL)
         self._resolve(failed)
-        self._emit("exited", exit_code=None, crashed=True, stderr_tail=self.stderr.text())
+        self._emit("exited", exit_code=None, crashed=True, retired=None, generation=proc.generation,
+                   stderr_tail=self._redacted(self.stderr.text()))
 
     def _on_write_error(self, proc: _Process, exc: BaseException) -> None:
         """The tool's input is closed: note it, decide nothing here.
@@ -732,30 +927,47 @@ class Instance:
         log.info("instance %d: the tool closed its input (%s)", self.index, exc, extra={"instance": self.index})
 
     # ------------------------------------------------------------- plumbing
-    def _apply(self, frames: List[Frame]) -> List[Completion]:
-        """Match frames to the oldest turns; lock held.  Returns what to resolve."""
+    def _apply(self, proc: _Process, cut: Cut) -> Tuple[List[Completion], List[Response], Optional[str]]:
+        """Act on what the framer found; lock held.
+
+        Returns the completions to resolve, the unsolicited responses to hand
+        to the listener, and a reason to retire the process (a turn cut short
+        whose input was not all consumed), all to act on outside the lock.
+        """
         done: List[Completion] = []
-        for frame in frames:
-            if not self._turns:
-                log.debug("instance %d: output with no request pending: %r", self.index, frame.raw[:200])
+        unsolicited: List[Response] = []
+        retire: Optional[str] = None
+        if cut.tool_turn and self._state is State.IDLE and not self._turns:
+            # The tool began a turn of its own: hold prompts back until it ends.
+            self._turns.append(self._new_turn("tool", None))
+            self._set_state(State.BUSY)
+        for frame in cut.frames:
+            if frame.unsolicited or not self._turns or (self._turns[0].kind == "tool" and frame.final):
+                if self._turns and self._turns[0].kind == "tool":
+                    self._turns.popleft()
+                self.unsolicited += 1
+                unsolicited.append(self._response(None, frame, unsolicited=True))
                 continue
             turn = self._turns[0]
             if frame.error is not None and not turn.failed:
                 turn.failed = True
-                self.errors += 1
-                self.last_error = str(frame.error)
+                if turn.kind == "prompt":
+                    self.errors += 1
+                    self.last_error = self._redacted(str(frame.error))
                 done.append((turn.future, frame.error, True))
             if frame.final:
                 self._turns.popleft()
                 if turn.kind == "prompt":
                     self.served += 1
+                    if turn.cut_short and proc.writer is not None and proc.writer.has_pending():
+                        retire = "a turn was cut short before all of its input was written"
                 if not turn.failed:
                     done.append((turn.future, self._result(turn, frame), False))
         # A one-shot process is used up by its answer: it stays BUSY until it exits,
         # and the pool then replaces it.
         if not self._turns and self._state is State.BUSY and not self.adapter.oneshot:
             self._set_state(State.IDLE)
-        return done
+        return done, unsolicited, retire
 
     def _result(self, turn: _Turn, frame: Frame) -> Any:
         if turn.kind != "prompt":
@@ -764,17 +976,9 @@ class Instance:
         timings = turn.timings or Timings()
         timings.first_byte = None if turn.first_byte_at is None else turn.first_byte_at - turn.sent_at
         timings.total = timings.acquire + (now - turn.sent_at)  # acquire already includes queueing
-        response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=now - turn.sent_at,
-                            prompt=turn.prompt, timings=timings)
-        for key, value in frame.fields.items():  # usually empty for REPLs
-            if key in _RESPONSE_FIELDS:
-                setattr(response, key, value)
-            else:
-                response.meta[key] = value
-        try:
-            self.adapter.observe(self.index, response)
-        except Exception:  # an adapter bug must not take the reader thread down
-            log.exception("adapter %s observe() failed (instance %d)", self.adapter.name, self.index)
+        response = self._response(turn, frame)
+        response.elapsed = now - turn.sent_at
+        response.timings = timings
         if log.isEnabledFor(logging.DEBUG):
             log.debug("instance %d answered in %.6fs (queued %.6fs, spawn %.6fs, first byte %s, %s)", self.index,
                       timings.total, timings.queued, timings.spawn,
@@ -783,9 +987,24 @@ class Instance:
                       extra={"instance": self.index, "timings": timings.as_dict()})
         return response
 
+    def _response(self, turn: Optional[_Turn], frame: Frame, unsolicited: bool = False) -> Response:
+        response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=0.0,
+                            prompt=turn.prompt if turn is not None else None, unsolicited=unsolicited)
+        for key, value in frame.fields.items():  # usually empty for REPLs
+            if key in _RESPONSE_FIELDS:
+                setattr(response, key, value)
+            else:
+                response.meta[key] = value
+        if not unsolicited:
+            try:
+                self.adapter.observe(self.index, response)
+            except Exception:  # an adapter bug must not take the reader thread down
+                log.exception("adapter %s observe() failed (instance %d)", self.adapter.name, self.index)
+        return response
+
     def _take_turns(self, error: BaseException) -> List[Completion]:
         """Fail every outstanding turn with ``error``; lock held."""
-        done = [(t.future, error, True) for t in self._turns if not t.failed]
+        done: List[Completion] = [(t.future, error, True) for t in self._turns if not t.failed]
         if done and any(t.kind == "prompt" for t in self._turns):
             self.errors += 1
             self.last_error = str(error)
@@ -793,15 +1012,6 @@ class Instance:
         if self._state is State.BUSY:
             self._set_state(State.IDLE)
         return done
-
-    def _deliver(self, events: List[Dict[str, Any]], turn: Optional[_Turn], done: List[Completion]) -> None:
-        if events and turn is not None and turn.on_event is not None:
-            for event in events:
-                try:
-                    turn.on_event(event)
-                except Exception:
-                    log.exception("on_event callback failed (instance %d)", self.index)
-        self._resolve(done)
 
     @staticmethod
     def _resolve(done: List[Completion]) -> None:
@@ -835,7 +1045,7 @@ class Instance:
                 "bytes_out": self.bytes_out,
                 "last_error": self.last_error,
                 "last_exit_code": self.last_exit_code,
-                "stderr_tail": self.stderr.text(),
+                "stderr_tail": self._redacted(self.stderr.text()),
             }
 
 

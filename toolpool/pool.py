@@ -1,68 +1,57 @@
-"""ToolProcessPool: N supervised tool instances behind one thread-safe object.
+"""ToolProcessPool: the facade users import; the work is done by the parts it wires together.
 
-Who may use an instance is decided under ``self._lock`` and recorded in
-``self._owner``: None (free for dispatch), "dispatch" (running a submitted
-request), "lease" (held by a ``with pool.lease()`` block), "index" (addressed
-by ``send_prompt(i)``), "maint" (being recycled or probed).  Everything slow
-(writing, spawning, stopping) happens outside the lock: spawns on the pool's
-executor, timed work on its scheduler thread.
+::
+
+    caller --prompt--> ToolProcessPool --Request--> Dispatcher --send--> Instance --bytes--> tool
+                            |                          |   ^                 |
+                            |                     SlotTable (owners)   reader thread -> Framer -> Cut
+                            |                          |   |                 |
+                            +------------------> Supervisor <---events-------+
+                                        (restarts, backoff, FATAL, recycling, probes, sizing)
+
+:class:`~toolpool.slots.SlotTable` says who holds each slot,
+:class:`~toolpool.dispatch.Dispatcher` queues requests and leases and owns
+their deadlines, :class:`~toolpool.supervision.Supervisor` keeps processes
+running, :class:`~toolpool.instance.Instance` runs one process and its turns.
+Nothing else in the package imports this module.
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
 import concurrent.futures as cf
 import contextlib
 import logging
-import random
+import os
 import threading
 import time
-import weakref
-from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Union)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
+from . import lifecycle
 from .adapters import Adapter, create_adapter
 from .adapters.base import EventCallback
-from .dispatch import Lease, MessageQueue, Request
-from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ResponseTimeout,
-                     ResponseTooLarge, ToolNotFoundError, ToolPoolError)
+from .dispatch import Dispatcher, Lease, Request
+from .errors import AcquireTimeout, PoolClosed, ResponseTimeout, ToolNotFoundError
 from .instance import Instance
 from .metrics import Stats
-from .response import Response, Timings
+from .redact import adapter_secrets, redact, register_secrets, unregister_secrets
+from .response import Response
 from .scheduler import Scheduler
-from .states import LIVE_STATES, State
+from .slots import SlotTable
+from .states import LIVE_STATES, Owner, State
 from .streams import StreamReader
-from .supervision import FailureLog, RestartPolicy
+from .supervision import RestartPolicy, Supervisor
+from .timeouts import MAX_WAIT, check_seconds
 
 log = logging.getLogger("toolpool.pool")
 
 STATUS_SCHEMA_VERSION = 1
 PoolListener = Callable[[str, Dict[str, Any]], None]
 
-_live_pools: "weakref.WeakSet[ToolProcessPool]" = weakref.WeakSet()
-_background_shutdowns: List[threading.Thread] = []
-
-
-@atexit.register
-def _shutdown_forgotten_pools() -> None:
-    """A pool the program forgot to shut down is cleaned up at interpreter exit."""
-    for pool in list(_live_pools):
-        try:
-            pool.shutdown(timeout=2.0)
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
-    for thread in list(_background_shutdowns):
-        thread.join(30.0)
-
 
 def _on_pool_thread() -> bool:
     """True on a toolpool reader, scheduler or spawn thread (where callbacks run)."""
     current = threading.current_thread()
     return isinstance(current, StreamReader) or current.name.startswith(("toolpool-scheduler", "toolpool-spawn"))
-
-
-class AcquireTimeout(ToolPoolError, TimeoutError):
-    """No instance became free for a lease within its timeout."""
 
 
 class ToolProcessPool:
@@ -87,16 +76,21 @@ class ToolProcessPool:
     an instance directly.  An instance serves one of these at a time, and a
     collision raises :class:`InstanceBusy` saying which.
 
+    Every seconds option must be a finite number >= 0 (or None for no limit):
+    NaN, infinity or a negative value raise ValueError naming the option.
     Other options: ``max_waiting`` (0 = unbounded) queued requests before
     :class:`PoolFull`; ``max_requests`` per process and a jittered
     ``max_lifetime`` (seconds) before an idle instance is recycled;
     ``restart``: a :class:`RestartPolicy` (or False) for dead instances;
     ``retry_on_crash``: retry a request once on another instance if its
-    instance died (only for idempotent prompts); ``stuck_timeout``: recycle
+    instance died (only for idempotent prompts); ``stuck_timeout``: replace
     an instance that is BUSY with no output for this long;
     ``health_check_interval``: probe idle instances this often with the
-    adapter's liveness probe; ``on_event``: called as ``on_event(name, info)``
-    for spawned, ready, exited, restarting, fatal, start_failed, stopped.
+    adapter's liveness probe; ``interrupt_grace``: after a turn was cut short,
+    seconds before a tool still on it is replaced; ``on_event``: called as
+    ``on_event(name, info)`` for spawned, ready, exited, restarting, fatal,
+    start_failed, stopped and unsolicited (a turn the tool ran by itself,
+    ``info["response"]``).
     """
 
     def __init__(self, adapter: Union[Adapter, str], count: Optional[int] = None, *,
@@ -108,62 +102,68 @@ class ToolProcessPool:
                  health_check_interval: Optional[float] = None, interrupt_grace: float = 5.0,
                  on_event: Optional[PoolListener] = None) -> None:
         self.min_size, self.max_size = _sizes(count, min_size, max_size)
-        for name, value in (("max_idle", max_idle), ("max_lifetime", max_lifetime),
-                            ("stuck_timeout", stuck_timeout), ("health_check_interval", health_check_interval)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
-        if max_requests is not None and max_requests < 1:
-            raise ValueError(f"max_requests must be >= 1 or None, got {max_requests!r}")
-        if max_waiting < 0:
-            raise ValueError(f"max_waiting must be >= 0 (0 = unbounded), got {max_waiting!r}")
+        self.start_timeout = check_seconds("start_timeout", start_timeout, positive=True)
+        self.max_idle = check_seconds("max_idle", max_idle, positive=True)
+        self.max_lifetime = check_seconds("max_lifetime", max_lifetime, positive=True)
+        self.stuck_timeout = check_seconds("stuck_timeout", stuck_timeout, positive=True)
+        self.health_check_interval = check_seconds("health_check_interval", health_check_interval, positive=True)
+        self.interrupt_grace = check_seconds("interrupt_grace", interrupt_grace, allow_none=False) or 0.0
+        if max_requests is not None and (isinstance(max_requests, bool) or not isinstance(max_requests, int)
+                                         or max_requests < 1):
+            raise ValueError(f"max_requests must be an int >= 1 or None, got {max_requests!r}")
+        if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
+            raise ValueError(f"max_waiting must be an int >= 0 (0 = unbounded), got {max_waiting!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable(name, info), got {type(on_event).__name__}")
+        if not isinstance(restart, (RestartPolicy, bool)):
+            raise TypeError(f"restart must be a RestartPolicy or a bool, got {type(restart).__name__}")
         if isinstance(adapter, str):
             adapter = create_adapter(adapter, **dict(adapter_options or {}))
         elif adapter_options:
             raise ValueError("adapter_options only applies when adapter is given by name")
         if not isinstance(adapter, Adapter):
             raise TypeError(f"adapter must be an Adapter or a registered name, got {type(adapter).__name__}")
+        lifecycle.check_sigchld()
         adapter.attach()  # detached (and closed, when last) at shutdown
+        # Values of the adapter's secrets are masked in every string leaving the library.
+        self._secrets = register_secrets(adapter_secrets(adapter))
         self.adapter = adapter
-        self.start_timeout = start_timeout
         self.max_waiting = max_waiting
-        self.max_idle = max_idle
         self.max_requests = max_requests
-        self.max_lifetime = max_lifetime
         self.policy = restart if isinstance(restart, RestartPolicy) else RestartPolicy(enabled=bool(restart))
         self.retry_on_crash = retry_on_crash
-        self.stuck_timeout = stuck_timeout
-        self.health_check_interval = health_check_interval
-        self.interrupt_grace = interrupt_grace
         self.created_at = time.time()
+        self._owner_pid = os.getpid()  # a forked child's copy must not stop the parent's tools
         self._listeners: List[PoolListener] = [on_event] if on_event else []
         self._stats = Stats()
-        self._failures = FailureLog(self.policy)
-        self._lock = threading.Lock()
         self._closed = False
-        self._waiting: Deque[Request] = collections.deque()
-        self._slots: List[Instance] = [Instance(adapter, i, self._on_instance_event) for i in range(self.max_size)]
-        self._active = [i < self.min_size for i in range(self.max_size)]
-        self._owner: List[Optional[str]] = [None] * self.max_size
-        self._recycle_due = [False] * self.max_size
-        self._queues: Dict[int, MessageQueue] = {}
-        self._growing = False
-        self._leases: "weakref.WeakSet[Lease]" = weakref.WeakSet()
-        self._background_shutdown: Optional[threading.Thread] = None
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_done = threading.Event()
+        self._shutdown_thread: Optional[threading.Thread] = None
         self._scheduler = Scheduler()
         self._executor = cf.ThreadPoolExecutor(max_workers=self.max_size, thread_name_prefix="toolpool-spawn")
-        _live_pools.add(self)
+        instances = [Instance(adapter, i, self._on_instance_event, on_idle=self._on_idle,
+                              call_later=self._scheduler.call_later) for i in range(self.max_size)]
+        self._table = SlotTable(instances, self.min_size)
+        self._dispatcher = Dispatcher(self._table, self._scheduler, self._stats, max_waiting=max_waiting,
+                                      interrupt_grace=self.interrupt_grace, retry_on_crash=retry_on_crash)
+        self._supervisor = Supervisor(
+            self._table, self.policy, self._scheduler, self._executor, self._stats, self._notify,
+            wake=self._dispatcher.pump, hopeless=self._dispatcher.fail_if_hopeless,
+            start_timeout=self.start_timeout, min_size=self.min_size, max_idle=self.max_idle,
+            max_requests=max_requests, max_lifetime=self.max_lifetime, stuck_timeout=self.stuck_timeout,
+            health_check_interval=self.health_check_interval, oneshot=adapter.oneshot)
+        self._dispatcher.supervisor = self._supervisor
+        lifecycle.register_pool(self)
         try:
             self._start_initial()
         except BaseException:
             self.shutdown(timeout=2.0)
             raise
-        if self.stuck_timeout or self.health_check_interval:
-            self._scheduler.call_later(self._check_period(), self._health_tick)
 
-    # ------------------------------------------------------------- start-up
     def _start_initial(self) -> None:
         """Start the first instances in parallel; raise only if all fail."""
-        first = self._slots[: self.min_size]
+        first = [slot.instance for slot in self._table.slots[: self.min_size]]
         futures = [self._executor.submit(inst.start, self.start_timeout) for inst in first]
         errors = [f.exception() for f in futures]
         failed = [(inst, e) for inst, e in zip(first, errors) if e is not None]
@@ -173,14 +173,18 @@ class ToolProcessPool:
             if isinstance(exc, ToolNotFoundError):
                 raise exc
             log.warning("pool degraded: instance %d failed to start: %s", inst.index, exc)
-            self._supervise(inst, ran_for=None)
+            self._supervisor.on_failure(inst, None)
 
     # ---------------------------------------------------------------- events
     def subscribe(self, listener: PoolListener) -> None:
         """Call ``listener(event, info)`` on lifecycle events (see class docs)."""
+        if not callable(listener):
+            raise TypeError(f"listener must be callable(name, info), got {type(listener).__name__}")
         self._listeners.append(listener)
 
     def _notify(self, event: str, info: Dict[str, Any]) -> None:
+        # Redacted (stderr tails, errors), except the tool's own answer of an unsolicited turn.
+        info = {k: v if k == "response" else redact(v) for k, v in info.items()}
         for listener in list(self._listeners):
             try:
                 listener(event, info)
@@ -190,207 +194,23 @@ class ToolProcessPool:
     def _on_instance_event(self, inst: Instance, event: str, info: Dict[str, Any]) -> None:
         """From instances (reader threads, spawn threads): never blocks."""
         info = dict(info, index=inst.index)
+        if event == "unsolicited":
+            self._stats.incr("unsolicited")
         self._notify(event, info)  # first: subscribers see causes before effects
-        if event == "exited" and not self._closed:
-            if info.get("crashed"):
-                self._stats.incr("crashes")
-            ran_for = None if inst.ready_at is None else time.perf_counter() - inst.ready_at
-            if not info.get("crashed") and self.adapter.oneshot:
-                self._respawn_soon(inst, delay=0.0, count_restart=False)  # keep a warm process
-            else:
-                self._supervise(inst, ran_for)
+        if event == "exited":
+            self._supervisor.on_exited(inst, info)
         elif event == "ready":
-            self._after_ready(inst)
+            self._supervisor.on_ready(inst)
 
-    # ----------------------------------------------------------- supervision
-    def _supervise(self, inst: Instance, ran_for: Optional[float]) -> None:
-        """A process died or failed to start: back off and restart, or give up."""
-        with self._lock:
-            if self._closed or not self._active[inst.index] or inst.state is not State.EXITED:
-                return  # already handled (each failure is recorded once)
-            if self._owner[inst.index] == "dispatch":
-                self._owner[inst.index] = None
-        attempt = self._failures.record(inst.index, ran_for)
-        if attempt is None:
-            if not self.policy.enabled:
-                inst.release_waiters()  # it will not become idle by itself
-                self._fail_waiters_if_hopeless()
-                return
-            if not inst.set_supervised_state(State.FATAL):
-                return
-            log.error("instance %d is FATAL: %d failures within %ss (last exit code %s)", inst.index,
-                      self.policy.limit + 1, self.policy.window, inst.last_exit_code,
-                      extra={"instance": inst.index, "exit_code": inst.last_exit_code})
-            self._notify("fatal", {"index": inst.index, "exit_code": inst.last_exit_code,
-                                   "stderr_tail": inst.stderr.text()})
-            inst.release_waiters()
-            self._fail_waiters_if_hopeless()
-            return
-        if not inst.set_supervised_state(State.BACKOFF):
-            return
-        delay = self.policy.backoff(attempt)
-        log.info("instance %d restarting in %.2fs (attempt %d)", inst.index, delay, attempt,
-                 extra={"instance": inst.index, "attempt": attempt, "delay": delay})
-        self._notify("restarting", {"index": inst.index, "attempt": attempt, "delay": delay})
-        self._respawn_soon(inst, delay, count_restart=True)
+    def _on_idle(self, inst: Instance) -> None:
+        slot = self._table[inst.index]
+        if not self._supervisor.maybe_recycle(slot):
+            self._dispatcher.pump()
 
-    def _respawn_soon(self, inst: Instance, delay: float, count_restart: bool) -> None:
-        def submit() -> None:
-            try:
-                if not self._closed:
-                    self._executor.submit(self._respawn, inst, count_restart)
-            except RuntimeError:  # the executor shut down: the pool is closing
-                pass
+    # ---------------------------------------------------------------- requests
+    def _encode(self, prompt: str) -> bytes:
+        return self.adapter.encode(prompt)
 
-        if delay <= 0:
-            submit()
-        else:
-            self._scheduler.call_later(delay, submit)
-
-    def _respawn(self, inst: Instance, count_restart: bool) -> None:
-        if self._closed or inst.state not in (State.BACKOFF, State.EXITED):
-            return  # restarted by other means meanwhile (restart_instance)
-        if count_restart:
-            inst.restarts += 1
-            self._stats.incr("restarts")
-        try:
-            inst.start(self.start_timeout)
-        except ToolPoolError as exc:
-            if not self._closed and inst.state is State.EXITED:
-                log.warning("instance %d restart failed: %s", inst.index, exc)
-                self._supervise(inst, ran_for=None)
-
-    def _after_ready(self, inst: Instance) -> None:
-        with self._lock:
-            self._failures_reset_later(inst)
-            self._recycle_due[inst.index] = False
-            if self._owner[inst.index] == "maint":
-                self._owner[inst.index] = None
-            self._growing = False
-        if self.max_lifetime:
-            lifetime = self.max_lifetime * random.uniform(0.9, 1.0)  # jitter: no synchronized recycling
-            generation = inst.generation
-            self._scheduler.call_later(lifetime, lambda: self._lifetime_up(inst, generation))
-        self._dispatch()
-
-    def _failures_reset_later(self, inst: Instance) -> None:
-        """Lock held.  A process that stays up ``stable_after`` seconds earns a fresh budget."""
-        generation = inst.generation
-        self._scheduler.call_later(self.policy.stable_after, lambda: (
-            self._failures.reset(inst.index) if inst.generation == generation and inst.alive else None))
-
-    def _hopeless(self) -> bool:
-        """Lock held.  True when no instance can ever take a request without a caller's restart."""
-        if self._growing or not all(self._active):
-            return False  # an elastic pool can still start one
-        for inst in self._slots:
-            state = inst.state
-            if state is State.FATAL or state is State.STOPPED:
-                continue
-            if state is State.EXITED and not self.policy.enabled:
-                continue
-            return False
-        return True
-
-    def _fail_waiters_if_hopeless(self) -> None:
-        """If no instance can ever serve again, fail queued requests instead of hanging."""
-        with self._lock:
-            if not self._waiting or not self._hopeless():
-                return
-            waiting, self._waiting = list(self._waiting), collections.deque()
-        states = ", ".join(sorted({inst.state.value for inst in self._slots}))
-        for req in waiting:
-            self._complete(req, exc=InstanceUnavailable(
-                f"no instance of the pool can take requests (states: {states}); see get_status() for exit codes "
-                "and stderr, then restart_instance() after fixing the cause"))
-
-    # ------------------------------------------------------------- recycling
-    def _lifetime_up(self, inst: Instance, generation: int) -> None:
-        if inst.generation != generation or self._closed:
-            return
-        with self._lock:
-            self._recycle_due[inst.index] = True
-        self._maybe_recycle(inst)
-
-    def _maybe_recycle(self, inst: Instance) -> bool:
-        """Recycle ``inst`` now if it is due and free; True if it was taken for it."""
-        if not self._recycle_due[inst.index]:  # the common case, without the lock; rechecked below
-            return False
-        with self._lock:
-            i = inst.index
-            if not (self._recycle_due[i] and self._owner[i] is None and inst.state is State.IDLE) or self._closed:
-                return False
-            self._owner[i] = "maint"
-            self._recycle_due[i] = False
-        log.info("recycling instance %d (%d requests served)", i, inst.served, extra={"instance": i})
-        self._executor.submit(self._recycle, inst)
-        return True
-
-    def _recycle(self, inst: Instance) -> None:
-        try:
-            inst.restart(self.start_timeout)
-        except ToolPoolError as exc:
-            log.warning("recycling instance %d failed: %s", inst.index, exc)
-            with self._lock:
-                self._owner[inst.index] = None
-            if inst.state is State.EXITED:
-                self._supervise(inst, ran_for=None)
-
-    def _check_period(self) -> float:
-        periods = [p for p in (self.health_check_interval, self.stuck_timeout and self.stuck_timeout / 4) if p]
-        return max(0.05, min(periods))
-
-    def _health_tick(self) -> None:
-        """Periodic only when stuck_timeout or health_check_interval is set."""
-        if self._closed:
-            return
-        now = time.monotonic()
-        for inst in self._slots:
-            if self.stuck_timeout and inst.state is State.BUSY and now - inst.last_output_at > self.stuck_timeout:
-                log.warning("instance %d stuck: busy with no output for %.1fs; recycling", inst.index,
-                            now - inst.last_output_at, extra={"instance": inst.index})
-                self._executor.submit(self._force_restart, inst, "stuck: no output while busy")
-        if self.health_check_interval:
-            for inst in self._slots:
-                with self._lock:
-                    if self._owner[inst.index] is not None or inst.state is not State.IDLE:
-                        continue
-                    self._owner[inst.index] = "maint"
-                self._executor.submit(self._probe, inst)
-        self._scheduler.call_later(self._check_period(), self._health_tick)
-
-    def _probe(self, inst: Instance) -> None:
-        ok = inst.probe(timeout=max(1.0, self.health_check_interval or 1.0))
-        if not ok and not self._closed:
-            log.warning("instance %d failed its liveness probe; recycling", inst.index)
-            self._force_restart(inst, "failed liveness probe")
-            return
-        with self._lock:
-            if self._owner[inst.index] == "maint":
-                self._owner[inst.index] = None
-        self._dispatch()
-
-    def _force_restart(self, inst: Instance, why: str) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            # A lease or by-index caller keeps its instance across the restart.
-            took = self._owner[inst.index] in (None, "dispatch")
-            if took:
-                self._owner[inst.index] = "maint"
-        self._stats.incr("restarts")
-        try:
-            inst.restart(self.start_timeout, why=why)
-        except ToolPoolError:
-            if inst.state is State.EXITED:
-                self._supervise(inst, ran_for=None)
-        finally:
-            with self._lock:
-                if took and self._owner[inst.index] == "maint":
-                    self._owner[inst.index] = None
-            self._dispatch()
-
-    # -------------------------------------------------------------- dispatch
     def submit(self, prompt: str, timeout: Optional[float] = None, *, on_event: Optional[EventCallback] = None,
                instance: Optional[int] = None) -> "cf.Future[Response]":
         """Queue ``prompt`` for the next idle instance; return a Future[Response].
@@ -398,16 +218,27 @@ class ToolProcessPool:
         Requests are served in FIFO order.  ``timeout`` covers waiting plus
         answering; when it runs out the future fails with
         :class:`ResponseTimeout` whose ``phase`` is "queue" or "response"
-        (a running turn is then interrupted).  The future can be cancelled
-        while queued.  Raises at once: ValueError for a prompt the adapter
-        rejects, :class:`PoolFull` past ``max_waiting``, :class:`PoolClosed`.
-        ``instance=i`` queues the prompt for that instance only, sent after
-        its earlier prompts are answered.
+        (a running turn is then cut short, and its process replaced if it
+        does not stop within ``interrupt_grace``).  The future can be
+        cancelled while queued.  Raises at once: ValueError/TypeError for a
+        prompt the adapter rejects or a bad timeout, :class:`PoolFull` past
+        ``max_waiting``, :class:`PoolClosed`.  ``instance=i`` queues the
+        prompt for that instance only, sent after its earlier prompts are
+        answered.
         """
-        if instance is not None:
-            return self._queue_for(instance).submit(prompt, on_event, timeout)
-        return self._enqueue(Request("prompt", prompt, self.adapter.encode(prompt), timeout, on_event,
-                                     retries=1 if self.retry_on_crash else 0))
+        timeout = check_seconds("timeout", timeout)
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable(event), got {type(on_event).__name__}")
+        data = self._encode(prompt)
+        if instance is None:
+            return self._dispatcher.submit(Request("prompt", prompt, data, timeout, on_event,
+                                                   retries=self._dispatcher.retries))
+        slot = self._claim(instance)
+        try:
+            return self._dispatcher.submit(Request("prompt", prompt, data, timeout, on_event, target=instance))
+        except BaseException:
+            self._dispatcher.unclaim_index(slot)
+            raise
 
     def map(self, prompts: Iterable[str], timeout: Optional[float] = None, *,
             return_exceptions: bool = False) -> Iterator[Response]:
@@ -418,9 +249,10 @@ class ToolProcessPool:
         the remaining futures are cancelled when the iterator is closed early.
         ``max_waiting`` does not apply to map, which queues the whole batch.
         """
-        batch = [(p, self.adapter.encode(p)) for p in prompts]  # reject bad input before queueing any
-        futures = [self._enqueue(Request("prompt", p, data, timeout, retries=1 if self.retry_on_crash else 0),
-                                 bounded=False) for p, data in batch]
+        timeout = check_seconds("timeout", timeout)
+        batch = [(p, self._encode(p)) for p in prompts]  # reject bad input before queueing any
+        futures = [self._dispatcher.submit(Request("prompt", p, data, timeout, retries=self._dispatcher.retries),
+                                           bounded=False) for p, data in batch]
 
         def results() -> Iterator[Response]:
             try:
@@ -442,355 +274,36 @@ class ToolProcessPool:
         """Hold one instance exclusively for several turns.
 
         Waits in the same FIFO queue as :meth:`submit`, at most ``timeout``
-        seconds (:class:`AcquireTimeout`).  Released when the block ends, also
-        on an exception; a turn still running then is interrupted.
+        seconds (:class:`AcquireTimeout`; None waits as long as it takes).
+        Released when the block ends, also on an exception or Ctrl-C; a turn
+        still running then is cut short.
         """
-        req = Request("lease", None, None, None)
-        self._enqueue(req, bounded=True)
-        try:
-            inst = req.future.result(timeout)
-        except cf.TimeoutError:
-            with self._lock:
-                queued = req in self._waiting
-                if queued:
-                    self._waiting.remove(req)
-            if queued:
-                raise AcquireTimeout(f"no instance became free for a lease within {timeout}s "
-                                     f"({self.check_health()['busy']} busy); raise the timeout or max_size") from None
-            inst = req.future.result()  # handed over just as the timeout ran out: use it
-        lease = Lease(self, inst)
-        self._leases.add(lease)
+        timeout = check_seconds("timeout", timeout)
+        lease = Lease(self._dispatcher, self._encode, lambda: self._closed)
+        slot = self._dispatcher.acquire(lease, timeout)
+        lease._bind(slot)
         try:
             yield lease
         finally:
             lease.release()
 
-    def _release_lease(self, lease: Lease) -> None:
-        inst = lease.instance
-        if inst.state is State.BUSY:
-            self._interrupt_or_recycle(inst)  # a tool that ignores the interrupt is restarted
-        inst.discard_unread()  # the holder is gone; nobody will read these
-        with self._lock:
-            if self._owner[inst.index] == "lease":
-                self._owner[inst.index] = None
-        if not self._maybe_recycle(inst):
-            inst.when_idle(self._dispatch)
-
-    def _enqueue(self, req: Request, bounded: bool = True) -> cf.Future:
-        with self._lock:
-            if self._closed:
-                raise PoolClosed("the pool has been shut down")
-            if bounded and self.max_waiting and len(self._waiting) >= self.max_waiting:
-                self._stats.incr("requests_rejected")
-                raise PoolFull(f"{len(self._waiting)} requests already wait for an instance (max_waiting="
-                               f"{self.max_waiting}); retry later, or raise max_waiting or the pool size")
-            self._waiting.append(req)
-            self._stats.incr("requests_queued")
-        if req.deadline is not None:
-            req.timer = self._scheduler.call_at(req.deadline, lambda: self._expire(req))
-        req.future.add_done_callback(lambda f: self._on_request_done(req))
-        self._dispatch()
-        return req.future
-
-    def _on_request_done(self, req: Request) -> None:
-        if req.future.cancelled():
-            self._stats.incr("requests_cancelled")
-            with self._lock:
-                if req in self._waiting:
-                    self._waiting.remove(req)
-        if req.timer is not None:
-            req.timer.cancel()
-
-    def _free_instance(self) -> Optional[Instance]:
-        """Lock held.  The lowest-numbered idle instance nobody owns."""
-        for i, inst in enumerate(self._slots):
-            if self._active[i] and self._owner[i] is None and inst.state is State.IDLE and not self._recycle_due[i]:
-                return inst
-        return None
-
-    def _dispatch(self) -> None:
-        """Hand waiting requests to free instances.  Decide under the lock, send outside it."""
-        while True:
-            with self._lock:
-                if self._closed or not self._waiting:
-                    return
-                inst = self._free_instance()
-                if inst is None:
-                    grow = self._grow_slot()
-                    hopeless = grow is None and self._hopeless()
-                    break
-                req = self._waiting.popleft()
-                if not req.running:
-                    if not req.future.set_running_or_notify_cancel():
-                        continue  # cancelled while queued
-                    req.running = True
-                self._owner[inst.index] = "dispatch" if req.kind == "prompt" else "lease"
-                req.instance = inst
-            if req.kind == "lease":
-                if req.timer is not None:
-                    req.timer.cancel()
-                req.future.set_result(inst)
-            else:
-                self._run(req, inst)
-        if grow is not None:
-            self._executor.submit(self._grow, grow)
-        elif hopeless:
-            self._fail_waiters_if_hopeless()
-
-    def _run(self, req: Request, inst: Instance) -> None:
-        now = time.perf_counter()
-        waited = now - req.created
-        # A process that became ready after the request arrived was started for
-        # it (or for its turn in the queue): that wait is spawn time, not queueing.
-        cold = inst.ready_at is not None and inst.ready_at > req.created
-        spawn = max(0.0, inst.ready_at - max(req.created, inst.spawn_started_at or req.created)) if cold else 0.0
-        timings = Timings(queued=max(0.0, waited - spawn), acquire=waited, spawn=spawn, warm=not cold)
-        try:
-            fut = inst.send(req.prompt or "", on_event=req.on_event, timings=timings, data=req.data, unread=False)
-        except (InstanceBusy, InstanceUnavailable):
-            # Lost a race with a crash or a by-index caller: back to the head of the queue.
-            with self._lock:
-                if self._owner[inst.index] == "dispatch":
-                    self._owner[inst.index] = None
-                closed = self._closed
-                if not closed:
-                    self._waiting.appendleft(req)
-            if closed:
-                self._complete(req, exc=PoolClosed("the pool was shut down before this request was sent"))
-            elif inst.state is State.BUSY:
-                inst.when_idle(self._dispatch)
-            return
-        except Exception as exc:
-            with self._lock:
-                self._owner[inst.index] = None
-            self._complete(req, exc=exc)
-            self._dispatch()
-            return
-        self._stats.record({"bytes_in": len(req.data or b""), "spawns_cold" if cold else "spawns_warm": 1},
-                           {"queue_wait": timings.queued})
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("request dispatched to instance %d: acquire %.6fs (%s, spawn %.6fs)", inst.index, waited,
-                      "cold" if cold else "warm", spawn,
-                      extra={"instance": inst.index, "acquire": waited, "warm": not cold, "spawn": spawn})
-        fut.add_done_callback(lambda f: self._finished(req, inst, f))
-
-    def _finished(self, req: Request, inst: Instance, fut: cf.Future) -> None:
-        exc = fut.exception()
-        with self._lock:
-            retry = (isinstance(exc, InstanceCrashed) and req.retries > 0 and not req.future.done()
-                     and not self._closed)  # decided under the lock: shutdown drains _waiting under it
-            if self._owner[inst.index] == "dispatch":
-                self._owner[inst.index] = None
-            if self.max_requests and inst.served >= self.max_requests:
-                self._recycle_due[inst.index] = True
-            if retry:
-                req.retries -= 1
-                self._waiting.appendleft(req)
-        if retry:
-            log.info("retrying a request from crashed instance %d on another instance", inst.index)
-        else:
-            self._complete(req, None if exc else fut.result(), exc)
-        if inst.state is State.BUSY:  # still draining a failed response
-            if isinstance(exc, ResponseTooLarge):
-                self._interrupt_or_recycle(inst)  # the rest may never end: cut it short
-            inst.when_idle(self._dispatch)
-        if not self._maybe_recycle(inst) and self._waiting:
-            self._dispatch()  # unlocked peek: a request queued after the release dispatches itself
-        if self.max_idle and inst.state is State.IDLE:
-            since = inst.state_since
-            self._scheduler.call_later(self.max_idle, lambda: self._idle_check(inst, since))
-
-    def _complete(self, req: Request, result: Optional[Response] = None,
-                  exc: Optional[BaseException] = None) -> bool:
-        """End a request: count it, then resolve the caller's future (first outcome wins).
-
-        Counting first means that a caller who sees the result also sees it
-        in :meth:`stats`.
-        """
-        with self._lock:
-            if req.future.done() or req._completed:
-                return False
-            req._completed = True
-        if exc is not None:
-            self._stats.record({"requests": 1, "errors": 1, "timeouts": int(isinstance(exc, ResponseTimeout))})
-        elif result is not None:
-            self._stats.record({"requests": 1, "bytes_out": len(result.raw)}, {"response": result.elapsed})
-        else:
-            self._stats.record({"requests": 1})
-        try:
-            if exc is not None:
-                req.future.set_exception(exc)
-            else:
-                req.future.set_result(result)
-        except cf.InvalidStateError:  # cancelled meanwhile
-            return False
-        return True
-
-    def _expire(self, req: Request) -> None:
-        """A request's deadline passed (scheduler thread)."""
-        with self._lock:
-            queued = req in self._waiting
-            if queued:
-                self._waiting.remove(req)
-            inst = req.instance
-        if req.future.done():
-            return
-        # Which request the instance is on now: resolving the future below runs callbacks
-        # that may dispatch the next one, which the interrupt must not hit.
-        on_request = inst.requests if inst is not None else 0
-        if queued or inst is None:
-            err = ResponseTimeout(f"no instance became free within {req.timeout}s (request still queued): "
-                                  f"{self._who_holds()}", phase="queue")
-        else:
-            partial = inst.partial_output()
-            err = ResponseTimeout(f"instance {inst.index} gave no complete response within {req.timeout}s "
-                                  "(including queueing); the turn was interrupted", partial, phase="response")
-        if self._complete(req, exc=err):
-            log.info("request timed out in %s after %ss", err.phase, req.timeout,
-                     extra={"phase": err.phase, "timeout": req.timeout})
-        if inst is not None and not queued:
-            self._interrupt_or_recycle(inst, on_request)
-
-    def _who_holds(self) -> str:
-        """Why no instance is free, for error messages."""
-        with self._lock:
-            owners = list(self._owner)
-            active = list(self._active)
-        parts = []
-        for i, inst in enumerate(self._slots):
-            if not active[i]:
-                continue
-            owner = owners[i]
-            if owner == "index":
-                what = f"held by a by-index caller (read_response({i}) releases it)"
-            elif owner == "lease":
-                what = "leased"
-            elif owner == "dispatch":
-                what = "answering a submitted request"
-            elif owner == "maint":
-                what = "being recycled or health-checked"
-            else:
-                what = inst.state.value
-            parts.append(f"instance {i} {what}")
-        return "; ".join(parts) or "no active instances"
-
-    def _interrupt_or_recycle(self, inst: Instance, requests: Optional[int] = None) -> None:
-        """Free an instance whose request timed out: interrupt, then restart if still stuck.
-
-        ``requests``: the instance's request count when that request was on it; nothing
-        is done once it has moved on to another.
-        """
-        generation = inst.generation
-        requests = inst.requests if requests is None else requests
-        if not inst.interrupt(expect_requests=requests):
-            return
-
-        def still_stuck() -> None:
-            if (inst.generation == generation and inst.requests == requests and inst.state is State.BUSY
-                    and not self._closed):
-                log.warning("instance %d did not stop after an interrupt; restarting it", inst.index)
-                self._executor.submit(self._force_restart, inst, "did not answer an interrupt")
-
-        self._scheduler.call_later(self.interrupt_grace, still_stuck)
-
-    # ------------------------------------------------------------ elasticity
-    def _grow_slot(self) -> Optional[Instance]:
-        """Lock held.  A parked slot to start for waiting requests (one at a time)."""
-        if self._growing or all(self._active):  # fixed size, or elastic at max_size
-            return None
-        if any(self._active[i] and s.state in (State.STARTING, State.BACKOFF) for i, s in enumerate(self._slots)):
-            return None  # a process is already on its way
-        for i, inst in enumerate(self._slots):
-            if not self._active[i] and self._owner[i] is None and inst.state is State.STOPPED:
-                self._active[i] = True
-                self._growing = True
-                return inst
-        return None
-
-    def _grow(self, inst: Instance) -> None:
-        log.info("growing the pool: starting instance %d", inst.index, extra={"instance": inst.index})
-        try:
-            inst.start(self.start_timeout)
-        except Exception as exc:
-            # No retry from here: the next submit or completion tries again, so a tool
-            # that cannot start does not spin.
-            log.warning("growing the pool failed: %s", exc)
-            inst.stop(0.5)
-            with self._lock:
-                self._growing = False
-                self._active[inst.index] = False
-
-    def _idle_check(self, inst: Instance, since: float) -> None:
-        """Scheduler thread: shrink if ``inst`` stayed idle; the stop itself runs on the executor."""
-        with self._lock:
-            active = sum(self._active)
-            i = inst.index
-            if (self._closed or active <= self.min_size or not self._active[i] or self._owner[i] is not None
-                    or inst.state is not State.IDLE or inst.state_since != since):
-                return
-            self._owner[i] = "maint"  # stays active (not growable) until it has stopped
-        log.info("shrinking the pool: instance %d idle for %ss", i, self.max_idle, extra={"instance": i})
-        try:
-            self._executor.submit(self._shrink, inst)
-        except RuntimeError:  # shutting down
-            pass
-
-    def _shrink(self, inst: Instance) -> None:
-        try:
-            inst.stop()
-        finally:
-            with self._lock:
-                self._active[inst.index] = False
-                if self._owner[inst.index] == "maint":
-                    self._owner[inst.index] = None
-
-    # ---------------------------------------------------------- by index
-    def _get(self, index: int) -> Instance:
+    # ---------------------------------------------------------------- by index
+    def _instance(self, index: int) -> Instance:
         if self._closed:
             raise PoolClosed("the pool has been shut down")
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"instance index must be an int, got {type(index).__name__}")
-        if not 0 <= index < len(self._slots):
-            raise IndexError(f"instance index {index} out of range: the pool has {len(self._slots)} instances")
-        return self._slots[index]
+        if not 0 <= index < len(self._table):
+            raise IndexError(f"instance index {index} out of range: the pool has {len(self._table)} instances")
+        return self._table[index].instance
 
-    def _claim(self, index: int) -> Instance:
-        """Take instance ``index`` for by-index use, or say who has it."""
-        inst = self._get(index)
-        with self._lock:
-            owner = self._owner[index]
-            if owner not in (None, "index"):
-                what = {"dispatch": "running a request dispatched by submit()/map()",
-                        "lease": "leased by a `with pool.lease()` block",
-                        "maint": "being recycled or health-checked"}[owner]
-                raise InstanceBusy(f"instance {index} is {what}; by-index calls cannot use it now")
-            self._owner[index] = "index"
-        return inst
+    def _claim(self, index: int) -> Any:
+        self._instance(index)
+        with self._table.lock:
+            return self._table.claim(index, Owner.INDEX, reentrant=True)
 
-    def _unclaim(self, inst: Instance) -> None:
-        """Give up a by-index claim once nothing of the caller's is left on ``inst``."""
-        if inst.has_unread() or inst.state is State.BUSY:
-            return
-        with self._lock:
-            if self._owner[inst.index] != "index":
-                return
-            self._owner[inst.index] = None
-            waiting = bool(self._waiting)
-        # Released under the lock first, so a request queued from now on finds the
-        # instance free when it dispatches itself; only earlier ones need us.
-        if waiting:
-            self._dispatch()
-
-    def _queue_for(self, index: int) -> MessageQueue:
-        inst = self._claim(index)
-        with self._lock:
-            queue = self._queues.get(index)
-            if queue is None:  # the by-index claim ends when the queue drains
-                queue = self._queues[index] = MessageQueue(inst, self._scheduler.call_later,
-                                                           lambda: self._unclaim(inst))
-        return queue
-
-    def send_prompt(self, index: int, prompt: str, **kwargs: Any) -> "cf.Future[Response]":
+    def send_prompt(self, index: int, prompt: str, *,
+                    on_event: Optional[EventCallback] = None) -> "cf.Future[Response]":
         """Send ``prompt`` to instance ``index`` and return at once.
 
         The returned Future resolves to the :class:`Response` (the same one
@@ -799,11 +312,12 @@ class ToolProcessPool:
         its previous prompt (or is leased/dispatched), and
         :class:`InstanceUnavailable` if it is not running.
         """
-        inst = self._claim(index)
+        data = self._encode(prompt)
+        slot = self._claim(index)
         try:
-            return inst.send(prompt, **kwargs)
+            return slot.instance.send(prompt, on_event=on_event, data=data)
         except BaseException:
-            self._unclaim(inst)
+            self._dispatcher.unclaim_index(slot)
             raise
 
     def read_response(self, index: int, timeout: Optional[float] = None) -> Response:
@@ -813,43 +327,58 @@ class ToolProcessPool:
         to keep waiting), :class:`InstanceCrashed` at once if the process dies,
         or the adapter's error (e.g. :class:`ResponseTooLarge`).
         """
-        inst = self._get(index)
+        timeout = check_seconds("timeout", timeout)
+        inst = self._instance(index)
         try:
             return inst.read(timeout)
         finally:
-            self._unclaim(inst)
+            self._dispatcher.unclaim_index(self._table[index])
 
-    def ask(self, index: int, prompt: str, timeout: Optional[float] = None, **kwargs: Any) -> Response:
+    def ask(self, index: int, prompt: str, timeout: Optional[float] = None, *,
+            on_event: Optional[EventCallback] = None) -> Response:
         """:meth:`send_prompt` then wait at most ``timeout`` seconds for that prompt's response.
 
         On :class:`ResponseTimeout` the response stays pending for a later
-        :meth:`read_response`.
+        :meth:`read_response`.  On Ctrl-C (or any other exception while
+        waiting) the turn is cut short and the instance freed.
         """
-        inst = self._claim(index)
+        timeout = check_seconds("timeout", timeout)
+        data = self._encode(prompt)
+        slot = self._claim(index)
+        inst = slot.instance
+        future: Optional["cf.Future[Response]"] = None
         try:
-            return inst.ask(prompt, timeout, **kwargs)
+            future = inst.send(prompt, on_event=on_event, data=data)
+            return inst.read(timeout) if timeout is not None else future.result()
+        except ResponseTimeout:
+            raise
+        except BaseException:
+            if future is not None and not future.done():
+                inst.discard_unread()
+                self._dispatcher.abandon(inst, getattr(future, "number", 0), "its caller stopped waiting")
+            raise
         finally:
-            self._unclaim(inst)
+            self._dispatcher.unclaim_index(slot)
 
     def interrupt(self, index: int) -> bool:
         """Ask instance ``index`` to cancel its current turn (False if idle)."""
-        return self._get(index).interrupt()
+        return self._instance(index).interrupt()
 
     def restart_instance(self, index: int, timeout: Optional[float] = None) -> None:
         """Replace instance ``index``'s process with a new one; return when it is ready.
 
-        Works in any state, FATAL included (the failure count is reset).  A
-        request pending on it fails with :class:`InstanceUnavailable`.
+        Works in any state, FATAL included (the failure count is reset), and
+        supersedes an automatic restart that was pending.  A request pending
+        on it fails with :class:`InstanceUnavailable`.  If the new process
+        fails to start (or the call is interrupted), supervision takes the
+        slot over again.
         """
-        inst = self._get(index)
-        self._failures.reset(index)
-        with self._lock:
-            self._active[index] = True
-        self._stats.incr("restarts")
-        inst.restart(timeout if timeout is not None else self.start_timeout)
-        self._unclaim(inst)
+        timeout = check_seconds("timeout", timeout, positive=True)
+        inst = self._instance(index)
+        self._supervisor.restart(inst, timeout)
+        self._dispatcher.unclaim_index(self._table[index])
 
-    # ---------------------------------------------------------- health & status
+    # ---------------------------------------------------------------- health & status
     @property
     def closed(self) -> bool:
         return self._closed
@@ -857,10 +386,10 @@ class ToolProcessPool:
     @property
     def size(self) -> int:
         """Instances currently active (started or being started)."""
-        return sum(self._active)
+        return self._table.active_count()
 
     def instances(self) -> List[Instance]:
-        return [inst for i, inst in enumerate(self._slots) if self._active[i]]
+        return [slot.instance for slot in self._table if slot.active]
 
     def check_health(self) -> Dict[str, Any]:
         """Counts of active instances by condition.
@@ -868,9 +397,9 @@ class ToolProcessPool:
         ``healthy``: every instance alive and the pool open; ``degraded``:
         some, not all, alive (e.g. FATAL instances); ``waiting``: queued requests.
         """
-        states = [inst.state for i, inst in enumerate(self._slots) if self._active[i]]
+        states = [slot.instance.state for slot in self._table if slot.active]
         alive = sum(s in LIVE_STATES for s in states)
-        health = {
+        health: Dict[str, Any] = {
             "total": len(states),
             "alive": alive,
             "dead": len(states) - alive,
@@ -879,7 +408,7 @@ class ToolProcessPool:
             "starting": states.count(State.STARTING),
             "backoff": states.count(State.BACKOFF),
             "fatal": states.count(State.FATAL),
-            "waiting": len(self._waiting),
+            "waiting": self._dispatcher.waiting(),
             "closed": self._closed,
         }
         health["healthy"] = not self._closed and alive == len(states) and alive > 0
@@ -894,28 +423,36 @@ class ToolProcessPool:
         """Like :meth:`stats`, then reset the counters and summaries."""
         return self._stats.snapshot(reset=True)
 
+    @property
+    def metrics(self) -> Stats:
+        """The pool's live counters (for :mod:`toolpool.prometheus`)."""
+        return self._stats
+
     def get_status(self) -> Dict[str, Any]:
         """A JSON-safe snapshot valid against ``schema/pool_status.schema.json``."""
-        with self._lock:
-            owners = list(self._owner)
-            active = list(self._active)
+        with self._table.lock:
+            owners: List[Tuple[bool, Optional[str]]] = [
+                (slot.active, None if slot.owner is Owner.FREE else slot.owner.value) for slot in self._table]
         instances = []
-        for i, inst in enumerate(self._slots):
-            if active[i]:
-                entry = inst.status()
-                entry["owner"] = owners[i]
+        for slot, (active, owner) in zip(self._table, owners):
+            if active:
+                entry = slot.instance.status()
+                entry["owner"] = owner
                 instances.append(entry)
+        from . import containment
+
         return {
             "schema_version": STATUS_SCHEMA_VERSION,
             "generated_at": time.time(),
             "created_at": self.created_at,
             "closed": self._closed,
-            "adapter": self.adapter.describe(),
-            "sizing": {"min_size": self.min_size, "max_size": self.max_size, "active": sum(active),
+            "adapter": redact(self.adapter.describe()),
+            "sizing": {"min_size": self.min_size, "max_size": self.max_size, "active": sum(a for a, _ in owners),
                        "max_waiting": self.max_waiting},
             "health": self.check_health(),
             "stats": self.stats(),
-            "instances": instances,
+            "instances": redact(instances),
+            "containment": containment.describe(),
         }
 
     def dump_status(self, path: str) -> str:
@@ -935,44 +472,56 @@ class ToolProcessPool:
         Queued requests fail with :class:`PoolClosed`; running ones with
         :class:`InstanceUnavailable`.  Per instance: close stdin, short grace,
         SIGTERM to its process group, grace, SIGKILL, reap; reader threads
-        joined and descriptors closed.  The scheduler and spawn threads are
-        joined too.
+        joined and descriptors closed; the scheduler and spawn threads are
+        joined too.  Every caller, also a concurrent second one, returns only
+        when all of that is done.  Ctrl-C while it runs does not stop the kill:
+        shutdown finishes, then the KeyboardInterrupt is raised.  Called from a
+        callback on one of the pool's own threads, it finishes in the background.
         """
-        if _on_pool_thread():
-            # Called from a callback on one of toolpool's threads: waiting here for the
-            # threads to finish would wait on ourselves.  Finish in the background.
-            with self._lock:
-                if self._closed or self._background_shutdown is not None:
-                    return
-                thread = threading.Thread(target=self.shutdown, args=(timeout,), name="toolpool-shutdown",
-                                          daemon=True)
-                self._background_shutdown = thread
-                _background_shutdowns.append(thread)
-            thread.start()
+        timeout = check_seconds("timeout", timeout, allow_none=False) or 0.0
+        if os.getpid() != self._owner_pid:
+            # A forked child's copy of its parent's pool: the tools are the parent's, not ours to stop.
             return
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            waiting, self._waiting = list(self._waiting), collections.deque()
-            queues = list(self._queues.values()) + [lease._queue for lease in list(self._leases)]
-        _live_pools.discard(self)
-        for req in waiting:
-            self._complete(req, exc=PoolClosed("the pool was shut down before this request reached an instance"))
-        for queue in queues:
-            queue.close(PoolClosed("the pool was shut down"))
-        self._scheduler.close()
-        # Stop for good (in parallel) before joining the spawn threads: a start in
-        # progress then fails fast instead of finishing, and none can begin.
-        threads = [threading.Thread(target=inst.stop, args=(timeout, "stopped", True),
-                                    name=f"toolpool-stop-{inst.index}", daemon=True) for inst in self._slots]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.adapter.detach()
-        log.info("pool shut down (%d instances)", len(self._slots))
+        with self._shutdown_lock:
+            if self._shutdown_thread is None:
+                self._closed = True
+                self._shutdown_thread = threading.Thread(target=self._shutdown_now, args=(timeout,),
+                                                         name="toolpool-shutdown")
+                self._shutdown_thread.start()
+                lifecycle.track_background(self._shutdown_thread)
+        if _on_pool_thread():
+            return  # waiting here would wait on ourselves
+        interrupted: Optional[BaseException] = None
+        while not self._shutdown_done.is_set():
+            try:
+                self._shutdown_done.wait(MAX_WAIT)
+            except KeyboardInterrupt as exc:  # finish killing the tools first
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+    def _shutdown_now(self, timeout: float) -> None:
+        try:
+            lifecycle.unregister_pool(self)
+            self._supervisor.close()
+            self._dispatcher.close(PoolClosed("the pool was shut down before this request reached an instance"))
+            self._scheduler.close()
+            # Stop for good (in parallel) before joining the spawn threads: a start in
+            # progress then fails fast instead of finishing, and none can begin.
+            threads = [threading.Thread(target=slot.instance.stop, args=(timeout, "stopped", True),
+                                        name=f"toolpool-stop-{slot.index}", daemon=True) for slot in self._table]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self.adapter.detach()
+            unregister_secrets(self._secrets)
+            log.info("pool shut down (%d instances)", len(self._table))
+        except BaseException:  # pragma: no cover - must never leave callers waiting
+            log.exception("pool shutdown failed")
+        finally:
+            self._shutdown_done.set()
 
     close = shutdown
 
@@ -987,7 +536,7 @@ class ToolProcessPool:
         return f"<ToolProcessPool {self.adapter.name} x{h['total']} alive={h['alive']} busy={h['busy']}>"
 
 
-def _sizes(count: Optional[int], min_size: Optional[int], max_size: Optional[int]) -> "tuple[int, int]":
+def _sizes(count: Optional[int], min_size: Optional[int], max_size: Optional[int]) -> Tuple[int, int]:
     def check(name: str, value: Optional[int]) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -1003,3 +552,5 @@ def _sizes(count: Optional[int], min_size: Optional[int], max_size: Optional[int
     if hi < lo:
         raise ValueError(f"max_size ({hi}) must be >= min_size ({lo})")
     return lo, hi
+
+

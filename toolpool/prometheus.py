@@ -48,7 +48,7 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         labels = ["pool", "tool"]
-        snapshots = [([name, pool.adapter.name], pool._stats.lifetime(), pool.check_health())
+        snapshots = [([name, pool.adapter.name], pool.metrics.lifetime(), pool.check_health())
                      for name, pool in self.pools.items()]
         for key, doc in _COUNTERS.items():
             family = CounterMetricFamily(f"toolpool_{key}", doc, labels=labels)

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
+from .timeouts import MAX_WAIT
+
 log = logging.getLogger("toolpool.scheduler")
 
 
@@ -50,7 +52,13 @@ class Scheduler:
         self._thread.start()
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
-        """Run ``fn`` on the scheduler thread at ``time.monotonic()`` ``when``."""
+        """Run ``fn`` on the scheduler thread at ``time.monotonic()`` ``when``.
+
+        A ``when`` beyond what a wait can express is kept (it simply never comes
+        due in practice); NaN is refused, since it would never compare as due.
+        """
+        if when != when:
+            raise ValueError("scheduler: a NaN time can never come due")
         timer = Timer(when, fn, self)
         with self._cond:
             if self._closed:
@@ -76,7 +84,9 @@ class Scheduler:
             return len(self._heap)
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
-        return self.call_at(time.monotonic() + max(0.0, delay), fn)
+        if delay != delay:
+            raise ValueError("scheduler: a NaN delay can never come due")
+        return self.call_at(time.monotonic() + min(max(0.0, delay), MAX_WAIT), fn)
 
     def _run(self) -> None:
         while True:
@@ -94,13 +104,13 @@ class Scheduler:
                     if delay <= 0:
                         timer = heapq.heappop(self._heap)[2]
                         break
-                    self._cond.wait(delay)
+                    self._cond.wait(min(delay, MAX_WAIT))  # an overflowing wait would kill this thread
             fn = timer.fn
             if timer.cancelled or fn is None:
                 continue
             try:
                 fn()
-            except Exception:  # a bug in one callback must not stop the others
+            except BaseException:  # a bug in one callback must not stop every other timer
                 log.exception("scheduled callback failed")
 
     def close(self, timeout: Optional[float] = 5.0) -> None:

@@ -20,6 +20,8 @@
   until an explicit ``restart_instance``.
 * STOPPING/STOPPED: being shut down / shut down on purpose.
 
+Who may use a slot is a separate question, answered by :class:`Owner`.
+
 :func:`check_transition` is the only place that knows which moves are legal;
 :class:`toolpool.instance.Instance` calls it on every state change.
 """
@@ -27,7 +29,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Dict, FrozenSet
+from typing import Dict, FrozenSet, List
 
 
 class State(str, enum.Enum):
@@ -62,6 +64,19 @@ LIVE_STATES = frozenset({S.STARTING, S.IDLE, S.BUSY})
 DISPATCHABLE = frozenset({S.IDLE})
 
 
+class Owner(str, enum.Enum):
+    """Who holds a slot; only the holder may send to its instance (see :mod:`toolpool.slots`)."""
+
+    FREE = "free"  # nobody: dispatch may hand it a queued request
+    DISPATCH = "dispatch"  # running a request from submit()/map()
+    LEASE = "lease"  # held by a ``with pool.lease()`` block
+    INDEX = "index"  # addressed by send_prompt(i)/ask(i)/submit(instance=i)
+    MAINTENANCE = "maintenance"  # being recycled, probed or restarted
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class InvalidTransition(RuntimeError):
     """A bug: code tried a state change the machine does not allow."""
 
@@ -71,6 +86,6 @@ def check_transition(old: State, new: State) -> None:
         raise InvalidTransition(f"illegal instance state change {old} -> {new}")
 
 
-def transitions() -> Dict[str, list]:
+def transitions() -> Dict[str, List[str]]:
     """The transition table, for docs and status consumers."""
     return {s.value: sorted(t.value for t in targets) for s, targets in _TRANSITIONS.items()}

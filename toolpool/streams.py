@@ -196,6 +196,10 @@ class Writer:
                 return
         close_input()
 
+    def has_pending(self) -> bool:
+        """True while some written data has not reached the pipe yet."""
+        return bool(self._pending)
+
     @property
     def pending_bytes(self) -> int:
         with self._cond:

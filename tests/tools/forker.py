@@ -1,23 +1,17 @@
 #!/usr/bin/env python3
 """A program that forks while it owns a pool; the child exits normally (atexit runs).
 
-``forker.py [--wire] [--multiprocessing]``: prints one JSON line with what the
-parent still has after the child is gone: each instance's answer (or error),
-and whether the claude adapter's private directory survived.  ``--wire``
-applies, by hand, what the core is to do itself: the pool registered with
-toolpool.lifecycle instead of pool.py's own exit hook, and the adapter's
-directory removed through lifecycle.remove_private_dir.
+``forker.py [--multiprocessing]``: prints one JSON line with what the parent
+still has after the child is gone: each instance's answer (or error), and
+whether the claude adapter's private directory survived.
 """
 
-import atexit
 import json
 import multiprocessing
 import os
 import sys
-import weakref
 
-import toolpool.pool
-from toolpool import ReplAdapter, ToolProcessPool, lifecycle
+from toolpool import ReplAdapter, ToolProcessPool
 from toolpool.adapters import ClaudeAdapter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,13 +27,6 @@ def main() -> int:
     pool = ToolProcessPool(adapter, 3)
     claude = ClaudeAdapter(cli_path=sys.executable)
     private = os.path.dirname(claude.slot_config_dir(0))
-    if "--wire" in sys.argv:
-        legacy = getattr(toolpool.pool, "_shutdown_forgotten_pools", None)
-        if legacy is not None:
-            atexit.unregister(legacy)
-            lifecycle.register_pool(pool)
-        claude._cleanup.detach()
-        claude._cleanup = weakref.finalize(claude, lifecycle.remove_private_dir, private)
     if "--multiprocessing" in sys.argv:
         proc = multiprocessing.get_context("fork").Process(target=child_work)
         proc.start()

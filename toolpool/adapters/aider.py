@@ -34,7 +34,7 @@ import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import SpawnError, ToolPoolError
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer
 from .repl import PromptFramer, compile_prompt
 
 __all__ = ["AiderAdapter", "AiderApiError", "AiderCommand", "AiderFramer", "aider_command", "encode_prompt"]
@@ -248,21 +248,13 @@ class AiderFramer(Framer):
         self._retries = 0
         self._failed = False
         self._interrupt_sent = False
-        self.wants_interrupt = False  # asks the instance to interrupt (proposed core hook)
         self._prompted = False  # the turn answers a prompt (not start-up)
         self._known_files: "set[str]" = set()  # the chat's file lines, as last listed
         self._error_text: List[str] = []
-        # Read by AiderAdapter.interrupt (outside the instance lock).
-        self.turn = 0
-        self.in_turn = False
-        self.sigint_lock = threading.Lock()
-        self.last_sigint = float("-inf")
-        self.sigint_scheduled = 0  # the turn a held-back SIGINT waits for (0: none)
+        self._want_interrupt = False
 
     # -- turn bookkeeping ----------------------------------------------------------
-    def start_turn(self, prompt: Optional[str]) -> None:
-        self.turn += 1
-        self.in_turn = True
+    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
         self._prompted = prompt is not None
         self._message = prompt is not None and not (
             isinstance(prompt, AiderCommand) and (prompt.startswith("!") or prompt.split()[0] in _LOCAL_COMMANDS))
@@ -271,28 +263,37 @@ class AiderFramer(Framer):
         except ValueError:
             self._expect = 0
         self._skip = self._expect
-        self._confirmed = self._failed = self._interrupt_sent = self.wants_interrupt = False
+        self._confirmed = self._failed = self._interrupt_sent = self._want_interrupt = False
         self._retries = 0
         self._error_text = []
         self._set_settle()
         self._inner.start_turn(prompt)
 
-    def interrupt_sent(self) -> None:
+    def interrupt_sent(self) -> Cut:
         self._interrupt_sent = True
+        return Cut()
+
+    def input_open(self) -> bool:
+        """True while aider still reads the lines of a ``{tag`` block: each line it reads prints a
+        continuation prompt, and a SIGINT before the last one would leave the rest to be read
+        as new top-level input (where ``!`` lines run in a shell)."""
+        return self._skip > 0
 
     def _set_settle(self) -> None:
         self.settle = self.base_settle if (self._confirmed or not self._message) else self.unconfirmed_settle
         self._inner.settle = self.settle
 
     # -- output --------------------------------------------------------------------
-    def feed(self, data: bytes) -> List[Frame]:
+    def feed(self, data: bytes) -> Cut:
         if self._skip:
             data = self._skip_continuations(data)
             if not data:
-                return []
+                return Cut()
         frames = self._scan(data)
         self._set_settle()
-        return frames + self._finish(self._inner.feed(data))
+        frames += self._finish(self._inner.feed(data).frames)
+        interrupt, self._want_interrupt = self._want_interrupt, False
+        return Cut(frames, quiet=self.settle if self._inner.has_candidate() else None, interrupt=interrupt)
 
     def _skip_continuations(self, data: bytes) -> bytes:
         """Move the leading continuation prompts of ``data`` to ``_lead``; return the rest."""
@@ -341,9 +342,7 @@ class AiderFramer(Framer):
                 if (self.max_api_retries is not None and self._retries > self.max_api_retries
                         and not self._failed):
                     self._failed = True
-                    # Read by nothing yet: with a core hook for it (see the adapter's
-                    # report), the instance would interrupt aider's retry loop now.
-                    self.wants_interrupt = True
+                    self._want_interrupt = True  # cut aider's retry loop short: the request failed
                     frames.append(Frame(error=AiderApiError(_error_detail("\n".join(self._error_text)), True),
                                         final=False))
             elif self._error_text and len(self._error_text) < 8:
@@ -353,8 +352,8 @@ class AiderFramer(Framer):
     def has_candidate(self) -> bool:
         return self._inner.has_candidate()
 
-    def on_quiet(self) -> List[Frame]:
-        return self._finish(self._inner.on_quiet())
+    def on_quiet(self) -> Cut:
+        return Cut(self._finish(self._inner.on_quiet().frames))
 
     def _finish(self, frames: List[Frame]) -> List[Frame]:
         """Turn the inner framer's frames (prompt removed) into aider responses."""
@@ -377,7 +376,6 @@ class AiderFramer(Framer):
             body, fields, error = parse_output(text, prompt_line.decode(self.encoding, "replace"),
                                                interrupted=self._interrupt_sent)
             self._lead.clear()
-            self.in_turn = False
             self._known_files = set(fields.get("files", ()))
             out.append(Frame(raw=raw, text=body, fields=fields, error=error if self._prompted else None))
         return out
@@ -475,7 +473,6 @@ class AiderAdapter(Adapter):
         self._lock = threading.Lock()
         self._root: Optional[str] = None
         self._cleanup: Optional[weakref.finalize] = None
-        self._timers: "set[threading.Timer]" = set()  # delayed SIGINTs; close() joins them
         self._install_key: Optional[str] = None
 
     # -- process -------------------------------------------------------------------
@@ -485,7 +482,7 @@ class AiderAdapter(Adapter):
             if self._root is None:
                 from .. import lifecycle  # 0700, named after its owner; dead owners' dirs are reclaimed
                 self._root = lifecycle.private_dir("aider", tempfile.gettempdir())
-                self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
+                self._cleanup = weakref.finalize(self, lifecycle.remove_private_dir, self._root)
             return self._root
 
     def command(self, slot: int) -> List[str]:
@@ -564,11 +561,6 @@ class AiderAdapter(Adapter):
 
     def close(self) -> None:
         with self._lock:
-            timers, self._timers = list(self._timers), set()
-        for timer in timers:
-            timer.cancel()
-            timer.join(SIGINT_SPACING + 1)
-        with self._lock:
             if self._cleanup is not None:
                 self._cleanup()
             self._root, self._cleanup = None, None
@@ -596,50 +588,32 @@ class AiderAdapter(Adapter):
                            max_api_retries=self.max_api_retries)
 
     def interrupt(self, control: Control) -> None:
-        """One SIGINT to aider: it abandons the turn and prompts again.
+        """One SIGINT to aider's process group: it abandons the turn and prompts again.
 
         Never two within ``SIGINT_SPACING`` seconds (a second ^C within 2 s
-        exits aider): a later request waits in a timer thread, and is dropped
-        if the turn ends meanwhile.  No signal once the turn's prompt is
-        showing (the turn is over; a SIGINT would only reach the next one).
+        exits aider): a later one is deferred on the pool's scheduler and
+        dropped if its turn has ended meanwhile.  The group, because a shell
+        command aider runs (``!cmd``, ``/run``) reads the same stdin and would
+        swallow the next prompt if it outlived the interrupt.  The instance
+        never calls this while aider still reads a multi-line message
+        (:meth:`AiderFramer.input_open`): it replaces the process instead.
         """
-        framer = control.framer
-        if not isinstance(framer, AiderFramer):
+        turn = control.turn
+        wait = control.scratch.get("last_sigint", float("-inf")) + SIGINT_SPACING - time.monotonic()
+        if wait <= 0:
+            control.scratch["last_sigint"] = time.monotonic()
             control.signal_group(signal.SIGINT)
             return
-        self._sigint(control, framer, framer.turn)
+        if control.scratch.get("deferred") == turn:
+            return  # one is already waiting for this turn
 
-    def _sigint(self, control: Control, framer: AiderFramer, turn: int, timer: bool = False) -> None:
-        with framer.sigint_lock:
-            if timer and framer.sigint_scheduled == turn:
-                framer.sigint_scheduled = 0
-            if framer.turn != turn or not framer.in_turn:
-                return
-            now = time.monotonic()
-            wait = framer.last_sigint + SIGINT_SPACING - now
-            if framer.has_candidate():  # its prompt is showing: check again once the quiet period is over
-                wait = max(wait, framer.settle + 0.05)
-            if wait <= 0:
-                framer.last_sigint = now
-                # The group: a shell command aider runs (!cmd, /run) reads the same stdin and
-                # would swallow the next prompt if it outlived the interrupt.
-                control.signal_group(signal.SIGINT)
-                return
-            if framer.sigint_scheduled == turn:
-                return  # a timer for this turn is already waiting
-            framer.sigint_scheduled = turn
-        def fire() -> None:
-            try:
-                self._sigint(control, framer, turn, True)
-            finally:
-                with self._lock:
-                    self._timers.discard(retry)
+        def deferred() -> None:
+            control.scratch.pop("deferred", None)
+            if control.turn == turn and control.in_turn():
+                self.interrupt(control)
 
-        retry = threading.Timer(wait, fire)
-        retry.daemon = True
-        with self._lock:
-            self._timers.add(retry)
-        retry.start()
+        control.scratch["deferred"] = turn
+        control.call_later(wait, deferred)
 
     def secret_env(self) -> Dict[str, str]:
         env = super().secret_env()

@@ -51,7 +51,9 @@ class Frame:
 
     ``final`` False means: fail the current request now with ``error``, but the
     tool is still answering it; the instance stays busy until a final frame
-    for the same turn arrives (which is then discarded).
+    for the same turn arrives (which is then discarded).  ``unsolicited``: a
+    turn the tool started by itself (no request of ours caused it); it goes to
+    event subscribers, never to a request.
     """
 
     raw: bytes = b""
@@ -59,54 +61,83 @@ class Frame:
     fields: Dict[str, Any] = field(default_factory=dict)
     error: Optional[BaseException] = None
     final: bool = True
+    unsolicited: bool = False
+
+
+class Cut:
+    """What a framer found in one call.  The instance acts on it; the framer never reaches back.
+
+    ``frames``: responses (or failures) completed, oldest first.  ``events``:
+    parsed output to stream to the current request's ``on_event``.
+    ``quiet``: report silence after this many seconds (a candidate end that
+    must settle), or None.  ``interrupt``: cut the current turn short (the
+    tool went astray after its answer already failed).  ``send``: bytes to
+    write to the tool now (e.g. an answer to a request it made).
+    ``tool_turn``: True when the tool began a turn by itself; the instance
+    holds prompts back until that turn's (unsolicited) frame arrives.
+    """
+
+    __slots__ = ("frames", "events", "quiet", "interrupt", "send", "tool_turn")
+
+    def __init__(self, frames: Optional[List[Frame]] = None, events: Optional[List[Dict[str, Any]]] = None,
+                 quiet: Optional[float] = None, interrupt: bool = False, send: bytes = b"",
+                 tool_turn: bool = False) -> None:
+        self.frames: List[Frame] = frames if frames is not None else []
+        self.events: List[Dict[str, Any]] = events if events is not None else []
+        self.quiet = quiet
+        self.interrupt = interrupt
+        self.send = send
+        self.tool_turn = tool_turn
+
+    def __repr__(self) -> str:
+        return (f"Cut(frames={self.frames!r}, events={len(self.events)}, quiet={self.quiet!r}, "
+                f"interrupt={self.interrupt}, send={self.send[:40]!r}, tool_turn={self.tool_turn})")
 
 
 class Framer:
     """Cuts one process's output into frames.  Subclass per protocol.
 
-    All methods run under the owning instance's lock, on the reader thread
-    (``feed``, ``on_quiet``, ``on_exit``) or on the caller's thread
-    (``start_turn``, ``interrupt_sent``), so a framer needs no locking of its
-    own.  Keep them quick: they sit between the tool and the caller.
+    Every method runs under the owning instance's lock, so a framer needs no
+    locking of its own, and returns what it found (a :class:`Cut`) instead of
+    setting flags for someone to poll.  ``feed``, ``on_quiet`` and ``on_exit``
+    run on the reader thread; ``start_turn`` and ``interrupt_sent`` on the
+    caller's.  Keep them quick: they sit between the tool and the caller.
     """
 
     #: Seconds of silence required after a candidate end before it counts
     #: (0: a frame ends the moment its terminator arrives).
     settle: float = 0.0
-    #: The process's exit code, set by the instance just before ``on_exit()``.
-    exit_code: Optional[int] = None
-    #: Set by ``feed`` to have the instance interrupt the turn in progress
-    #: (through ``Adapter.interrupt``) once the frames are delivered: for a tool
-    #: that went astray after its answer already failed (aider retrying a dead server).
-    wants_interrupt: bool = False
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_bytes = max_bytes
-        #: Events parsed since the last drain, delivered to the turn's callback
-        #: by the instance outside its lock.
-        self.events: List[Dict[str, Any]] = []
 
-    def start_turn(self, prompt: Optional[str]) -> None:
-        """A request is about to be written (None for readiness and control)."""
+    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
+        """A request is about to be written: ``prompt`` (None for readiness and probes) as ``data``."""
 
-    def feed(self, data: bytes) -> List[Frame]:
-        """Consume output; return the frames it completed."""
+    def feed(self, data: bytes) -> Cut:
+        """Consume output; return what it completed."""
         raise NotImplementedError
 
     def has_candidate(self) -> bool:
         """True when the output so far ends like a response, pending ``settle``."""
         return False
 
-    def on_quiet(self) -> List[Frame]:
-        """The ``settle`` period passed with no output; confirm the candidate."""
-        return []
+    def on_quiet(self) -> Cut:
+        """The quiet period asked for passed with no output; confirm the candidate."""
+        return Cut()
 
-    def on_exit(self) -> List[Frame]:
-        """The process exited; return any frame its exit completes."""
-        return []
+    def on_exit(self, exit_code: Optional[int]) -> Cut:
+        """The process exited with ``exit_code``; return any frame its exit completes."""
+        return Cut()
 
-    def interrupt_sent(self) -> None:
-        """The instance asked the tool to cancel the current turn."""
+    def interrupt_sent(self) -> Cut:
+        """The instance is cancelling the current turn; ``send`` carries bytes that do it, if any."""
+        return Cut()
+
+    def input_open(self) -> bool:
+        """True while the tool is still reading the current turn's input (e.g. aider inside a
+        ``{tag ... tag}`` block): a signal now would leave the rest to be read as new input."""
+        return False
 
     def partial(self) -> bytes:
         """The bytes received so far of the frame in progress."""
@@ -114,14 +145,29 @@ class Framer:
 
 
 class Control:
-    """What :meth:`Adapter.interrupt` may do to the running process."""
+    """What :meth:`Adapter.interrupt` may do to one running process.
+
+    One per process.  ``turn`` is the instance's current turn number and
+    ``in_turn()`` whether that turn is still running, so an action deferred with
+    ``call_later`` (on the pool's scheduler) can check it still applies.
+    ``scratch`` is the adapter's own per-process state (e.g. when it last
+    signalled).
+    """
 
     def __init__(self, write: Callable[[bytes], None], signal_process: Callable[[int], bool],
-                 signal_group: Callable[[int], bool], framer: Framer) -> None:
+                 signal_group: Callable[[int], bool], call_later: Callable[[float, Callable[[], None]], Any],
+                 current_turn: Callable[[], int], in_turn: Callable[[], bool]) -> None:
         self.write = write
         self.signal_process = signal_process
         self.signal_group = signal_group
-        self.framer = framer
+        self.call_later = call_later
+        self._current_turn = current_turn
+        self.in_turn = in_turn
+        self.scratch: Dict[str, Any] = {}
+
+    @property
+    def turn(self) -> int:
+        return self._current_turn()
 
 
 class Adapter:
@@ -197,7 +243,8 @@ class Adapter:
     def interrupt(self, control: Control) -> None:
         """Cancel the turn in progress.  Default: SIGINT to the tool process.
 
-        Called outside the instance lock, after ``framer.interrupt_sent()``.
+        Called outside the instance lock, after ``framer.interrupt_sent()``
+        (whose bytes, if any, were already written).
         """
         control.signal_process(signal.SIGINT)
 

@@ -51,16 +51,18 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import uuid as uuidlib
 import signal
 import tempfile
 import threading
 import weakref
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
 from ..response import Response
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer, encode_text, redact_argv
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer, encode_text, redact_argv
 
 log = logging.getLogger("toolpool.adapters.claude")
 
@@ -148,13 +150,14 @@ def _is_interrupt_marker(line: Mapping[str, Any]) -> bool:
 
 
 class _TurnState:
-    """What the framer collects for the turn in progress."""
+    """What the framer collects for one request's turn (or the tool's own)."""
 
-    __slots__ = ("kind", "events", "raw", "size", "texts", "session_id", "model", "interrupt_requested",
-                 "marker_seen", "overflow")
+    __slots__ = ("kind", "uuid", "events", "raw", "size", "texts", "session_id", "model", "interrupt_requested",
+                 "marker_seen", "overflow", "failed")
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind  # "ready" or "prompt"
+    def __init__(self, kind: str, uuid: Optional[str] = None) -> None:
+        self.kind = kind  # "ready" (readiness or probe), "prompt", or "tool" (started by claude itself)
+        self.uuid = uuid
         self.events: List[Dict[str, Any]] = []
         self.raw = bytearray()
         self.size = 0
@@ -164,17 +167,33 @@ class _TurnState:
         self.interrupt_requested = False
         self.marker_seen = False
         self.overflow = False
+        self.failed = False
+
+
+#: What a claude turn (``system/init`` ... ``result``) belongs to, until its replayed
+#: user message names it: a request of ours, nobody (the tool started it), or a
+#: request that already ended (interrupted, or failed on an over-long line).
+_PENDING, _STALE, _POSITIONAL = "pending", "stale", "positional"
+
+_UUID_AT_END = re.compile(rb'"uuid": "([0-9a-f-]{36})"\}\n\Z')
 
 
 class ClaudeFramer(Framer):
-    """Cuts claude's stream-json output into one frame per turn.
+    """Cuts claude's stream-json output into one frame per turn, each for the request that caused it.
 
-    ``session``: True for the long-lived mode (readiness is the ``initialize``
-    control response; interrupts are control requests), False for oneshot.
-    A line is one JSON object; a line that is not, or that grows past
-    ``max_line_bytes`` without a newline, fails the current request with
-    :class:`ProtocolError` and framing goes on to the turn's ``result``.
-    Every parsed line of a prompt turn goes to ``events`` as it arrives.
+    ``session``: True for the long-lived mode.  There every user message
+    carries a ``uuid`` and claude (``--replay-user-messages``) echoes it at the
+    start of the turn that answers it.  A claude turn runs from ``system/init``
+    to ``result``; it is attributed to a request only when that request's
+    echo appears in it.  So a turn claude starts by itself (a background task
+    finished) becomes an *unsolicited* frame, the late ``result`` of an
+    interrupted turn is dropped, and neither can shift a later answer.
+
+    A line that is not a JSON object fails the current request with
+    :class:`ProtocolError` (the turn goes on to its ``result``).  A line
+    longer than ``max_line_bytes`` ends the current request at once with a
+    :class:`ProtocolError` naming the limit; the rest of that claude turn is
+    dropped, so the instance is reusable straight away.
     """
 
     def __init__(self, *, session: bool = True, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -183,48 +202,39 @@ class ClaudeFramer(Framer):
         super().__init__(max_bytes)
         self.session = session
         self.max_line_bytes = max_line_bytes
-        # Read by the instance only while has_candidate() is True.
         self.settle = interrupt_settle
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf known to hold no newline
         self._skipping = False  # dropping the rest of an over-long line
-        self._turn: Optional[_TurnState] = None
-        # Results still due for turns already ended as interrupted (late results).
-        self._owed = 0
+        self._turn: Optional[_TurnState] = None  # the request waiting for its answer
+        self._owner: Optional[str] = None  # the running claude turn: a uuid, _PENDING, _STALE, or None (none runs)
+        self._held: List[Tuple[Dict[str, Any], bytes]] = []  # lines of a claude turn not yet attributed
+        self._tool: Optional[_TurnState] = None  # a turn claude started by itself
+        self._ended: Deque[str] = collections.deque(maxlen=64)  # uuids of requests that ended early
         self._interrupts = 0
-        self._outbox: Deque[bytes] = collections.deque()
+        self._cut = Cut()
 
     # -- called by the instance ------------------------------------------------------
-    def start_turn(self, prompt: Optional[str]) -> None:
-        self._turn = _TurnState("ready" if prompt is None else "prompt")
+    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
+        uuid = None
+        if prompt is not None and self.session:
+            m = _UUID_AT_END.search(data)
+            uuid = m.group(1).decode() if m else None
+        self._turn = _TurnState("ready" if prompt is None else "prompt", uuid)
 
-    def interrupt_sent(self) -> None:
-        """Queue a control ``interrupt`` for the prompt turn in progress (session mode).
-
-        Nothing is queued during readiness or between turns: there is nothing to cancel.
-        """
+    def interrupt_sent(self) -> Cut:
+        """A control ``interrupt`` for the prompt turn in progress (session mode)."""
         turn = self._turn
         if turn is None or turn.kind != "prompt":
-            return
+            return Cut()
         turn.interrupt_requested = True
-        if self.session:
-            self._interrupts += 1
-            self._outbox.append(_control_request(f"toolpool-interrupt-{self._interrupts}", "interrupt"))
+        if not self.session:
+            return Cut()
+        self._interrupts += 1
+        return Cut(send=_control_request(f"toolpool-interrupt-{self._interrupts}", "interrupt"))
 
-    def take_interrupt_request(self) -> bytes:
-        """The control requests queued by :meth:`interrupt_sent`, to write now (b"" if none).
-
-        Called outside the instance lock; a deque makes that safe.
-        """
-        out = bytearray()
-        while True:
-            try:
-                out += self._outbox.popleft()
-            except IndexError:
-                return bytes(out)
-
-    def feed(self, data: bytes) -> List[Frame]:
-        frames: List[Frame] = []
+    def feed(self, data: bytes) -> Cut:
+        cut = self._cut = Cut()
         self._buf += data
         while True:
             nl = self._buf.find(b"\n", self._scanned)
@@ -236,104 +246,199 @@ class ClaudeFramer(Framer):
             if self._skipping:  # the end of a line already reported as too long
                 self._skipping = False
                 continue
-            frames += self._line(line)
+            self._line(line)
         self._scanned = len(self._buf)
         if len(self._buf) > self.max_line_bytes and not self._skipping:
-            frames += self._too_long(bytes(self._buf[:200]))
+            self._too_long(bytes(self._buf[:200]))
             self._skipping = True
         if self._skipping:
             del self._buf[:]
             self._scanned = 0
-        return frames
+        if self.has_candidate():
+            cut.quiet = self.settle
+        return cut
 
     def has_candidate(self) -> bool:
         return self._turn is not None and self._turn.marker_seen
 
-    def on_quiet(self) -> List[Frame]:
-        """The interrupt marker was followed by silence: end the turn, the result comes late."""
+    def on_quiet(self) -> Cut:
+        """The interrupt marker was followed by silence: end the request; its late result is dropped."""
+        cut = self._cut = Cut()
         turn = self._turn
-        if turn is None or not turn.marker_seen:
-            return []
-        self._owed += 1
-        log.debug("claude: interrupted turn ended without its result; the late result will be discarded")
-        return [self._finish(turn, None)]
+        if turn is not None and turn.marker_seen:
+            log.debug("claude: interrupted turn ended without its result; the late result will be dropped")
+            self._end_early(turn)
+            cut.frames.append(self._finish(turn, None))
+        return cut
 
-    def on_exit(self) -> List[Frame]:
+    def on_exit(self, exit_code: Optional[int]) -> Cut:
         """Parse a last unterminated line.  An interrupted oneshot turn ends here.
 
         Otherwise a turn still open is left to the instance, which reports
         :class:`InstanceCrashed` with claude's exit code and stderr tail.
         """
-        frames: List[Frame] = []
+        cut = self._cut = Cut()
         if self._buf and not self._skipping:
             line = bytes(self._buf)
             del self._buf[:]
-            frames += self._line(line)
+            self._line(line)
         turn = self._turn
         if turn is not None and turn.kind == "prompt" and (turn.marker_seen or
                                                             (turn.interrupt_requested and not self.session)):
-            frames.append(self._finish(turn, None))
-        return frames
+            cut.frames.append(self._finish(turn, None))
+        return cut
 
     def partial(self) -> bytes:
         raw = bytes(self._turn.raw) if self._turn is not None else b""
         return raw + bytes(self._buf[:65536])
 
     # -- parsing -------------------------------------------------------------------------
-    def _line(self, line: bytes) -> List[Frame]:
+    def _line(self, line: bytes) -> None:
         if not line.strip():
-            return []
+            return
         if len(line) > self.max_line_bytes:
-            return self._too_long(line[:200])
+            self._too_long(line[:200])
+            return
         try:
             obj = json.loads(line)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:
-            return self._protocol_error(
-                f"claude printed a line that is not a stream-json object ({exc}): {line[:200]!r}"
-                f"{' (truncated)' if len(line) > 200 else ''}")
+            self._protocol_error(f"claude printed a line that is not a stream-json object ({exc}): {line[:200]!r}"
+                                 f"{' (truncated)' if len(line) > 200 else ''}", final=False)
+            return
         kind = obj.get("type")
-        turn = self._turn
         if kind == "control_response":
-            return self._control_response(obj, line)
-        if kind == "result" and self._owed:
-            # The late result of a turn already ended as interrupted: never the next turn's.
-            self._owed -= 1
-            log.debug("claude: discarded the late result of an interrupted turn: %.200r", line)
-            return []
-        if kind == "system" and obj.get("subtype") == "init" and self._owed:
-            # A new turn began, so no late result will come any more.
-            self._owed = 0
-        if turn is None:
-            log.debug("claude: output with no request pending: %.200r", line)
-            return []
-        if turn.kind == "ready":
-            if kind == "result":  # claude gave up before it was ready (e.g. unknown --resume id)
-                self._turn = None
-                detail = "; ".join(map(str, obj.get("errors") or [])) or obj.get("result") or obj.get("subtype")
-                return [Frame(raw=line, error=SpawnError(f"claude failed to start: {detail}"))]
-            log.debug("claude: output before readiness: %.200r", line)
-            return []
-        return self._prompt_line(turn, obj, line)
+            self._control_response(obj, line)
+        elif kind == "control_request":
+            self._control_request(obj, line)
+        elif not self.session:
+            self._oneshot_line(obj, line)
+        elif kind == "system" and obj.get("subtype") == "init":
+            self._turn_begins(obj, line)
+        elif kind == "user" and obj.get("isReplay"):
+            self._replayed(obj, line)
+        else:
+            self._route(obj, line)
+            if kind == "result":
+                self._turn_ends(obj)
 
-    def _record(self, turn: _TurnState, obj: Dict[str, Any], line: bytes) -> List[Frame]:
+    def _oneshot_line(self, obj: Dict[str, Any], line: bytes) -> None:
+        turn = self._turn
+        if turn is None or turn.kind != "prompt":
+            log.debug("claude: output with no request pending: %.200r", line)
+            return
+        self._prompt_line(turn, obj, line)
+        if obj.get("type") == "result":
+            self._cut.frames.append(self._finish(turn, obj))
+
+    def _turn_begins(self, obj: Dict[str, Any], line: bytes) -> None:
+        """``system/init``: claude starts a turn; whose it is, its replayed message will say."""
+        if self._owner is not None and self._owner not in (_PENDING, _STALE):
+            self._route(obj, line)  # a second init inside an attributed turn (claude repeats it)
+            return
+        if self._owner == _PENDING and self._held:
+            self._route(obj, line)
+            return
+        turn = self._turn
+        if turn is not None and turn.kind == "prompt" and turn.uuid is None:
+            # A message sent without a uuid (a capture, a subclass's own encoding): the next
+            # claude turn is taken to be its answer, as claude answers messages in order.
+            self._owner = _POSITIONAL
+            self._prompt_line(turn, obj, line)
+            return
+        self._owner = _PENDING
+        self._held = [(obj, line)]
+        if turn is None or turn.kind == "ready":
+            # Nobody of ours is waiting for an answer: claude began on its own.  Hold prompts back.
+            self._tool = _TurnState("tool")
+            self._cut.tool_turn = True
+
+    def _replayed(self, obj: Dict[str, Any], line: bytes) -> None:
+        """Our user message, echoed: the running claude turn answers it."""
+        if self._owner == _POSITIONAL:
+            self._route(obj, line)
+            return
+        uuid = obj.get("uuid")
+        turn = self._turn
+        held, self._held = self._held, []
+        if turn is not None and turn.kind == "prompt" and uuid is not None and uuid == turn.uuid:
+            self._owner = uuid
+            if self._tool is not None:  # claude had started on its own, then took our message
+                self._tool = None
+            for held_obj, held_line in held:
+                self._prompt_line(turn, held_obj, held_line)
+            self._prompt_line(turn, obj, line)
+            return
+        self._owner = _STALE if uuid in self._ended else (self._owner or _PENDING)
+        if self._owner == _STALE:
+            log.debug("claude: a turn for a request that already ended; dropping it")
+            return
+        self._held = held + [(obj, line)]
+
+    def _route(self, obj: Dict[str, Any], line: bytes) -> None:
+        """A line inside (or between) claude turns: to its owner, or held until the owner is known."""
+        owner = self._owner
+        turn = self._turn
+        if turn is not None and turn.kind == "prompt" and (owner == _POSITIONAL or (owner == turn.uuid
+                                                                                  and owner is not None)):
+            self._prompt_line(turn, obj, line)
+        elif owner == _STALE:
+            log.debug("claude: dropped a line of a turn whose request already ended: %.200r", line)
+        elif owner == _PENDING or owner is None:
+            if len(self._held) < 10000:
+                self._held.append((obj, line))
+        else:
+            log.debug("claude: dropped a line of a turn whose request already ended: %.200r", line)
+
+    def _turn_ends(self, obj: Dict[str, Any]) -> None:
+        """A ``result``: the running claude turn is over."""
+        owner, self._owner = self._owner, None
+        held, self._held = self._held, []
+        turn = self._turn
+        if owner is not None and owner not in (_PENDING, _STALE):
+            if turn is not None and turn.kind == "prompt" and (owner == _POSITIONAL or owner == turn.uuid):
+                self._cut.frames.append(self._finish(turn, obj))
+            return
+        if owner == _STALE:
+            log.debug("claude: dropped the late result of a request that already ended")
+            return
+        if turn is not None and turn.kind == "ready" and self._tool is None:
+            # claude gave up before it was ready (e.g. an unknown --resume id).
+            self._turn = None
+            detail = "; ".join(map(str, obj.get("errors") or [])) or obj.get("result") or obj.get("subtype")
+            self._cut.frames.append(Frame(raw=json.dumps(obj).encode(), error=SpawnError(
+                f"claude failed to start: {detail}")))
+            return
+        # No message of ours in it: a turn claude ran by itself.
+        tool = self._tool or _TurnState("tool")
+        self._tool = None
+        for held_obj, held_line in held:
+            self._prompt_line(tool, held_obj, held_line)
+        frame = self._finish(tool, obj)
+        frame.unsolicited = True
+        self._cut.frames.append(frame)
+
+    def _record(self, turn: _TurnState, obj: Dict[str, Any], line: bytes) -> None:
         """Stream ``obj`` to the caller and keep it for the Response, up to ``max_bytes``."""
-        self.events.append(obj)
+        if turn.kind == "prompt":
+            self._cut.events.append(obj)
         turn.size += len(line) + 1
         if turn.overflow:  # past the limit, events still stream but are not kept
-            return []
+            return
         if turn.size > self.max_bytes:
             turn.overflow = True
             error = ResponseTooLarge(self.max_bytes, bytes(turn.raw[:65536]))
             turn.raw, turn.events = bytearray(), []
-            return [Frame(error=error, final=False)]
+            if turn.kind == "prompt":
+                turn.failed = True
+                self._cut.frames.append(Frame(error=error, final=False))
+            return
         turn.raw += line + b"\n"
         turn.events.append(obj)
-        return []
 
-    def _prompt_line(self, turn: _TurnState, obj: Dict[str, Any], line: bytes) -> List[Frame]:
-        frames = self._record(turn, obj, line)
+    def _prompt_line(self, turn: _TurnState, obj: Dict[str, Any], line: bytes) -> None:
+        self._record(turn, obj, line)
         kind = obj.get("type")
         if kind == "system" and obj.get("subtype") == "init":
             turn.session_id = obj.get("session_id", turn.session_id)
@@ -342,33 +447,50 @@ class ClaudeFramer(Framer):
             turn.texts.append(_assistant_text(obj))
         elif kind == "user" and turn.interrupt_requested and _is_interrupt_marker(obj):
             turn.marker_seen = True  # only after our interrupt: a tool result may quote the marker
-        elif kind == "control_request":
-            log.warning("claude asked for %r, which toolpool does not answer; avoid options that make claude "
-                        "ask its client (such as --permission-prompt-tool stdio)",
-                        (obj.get("request") or {}).get("subtype"))
-        elif kind == "result":
-            frames.append(self._finish(turn, obj))
-        return frames
 
-    def _control_response(self, obj: Dict[str, Any], line: bytes) -> List[Frame]:
+    def _control_request(self, obj: Dict[str, Any], line: bytes) -> None:
+        """claude asks its client something: answer with an error at once, never leave it waiting."""
+        request = obj.get("request") or {}
+        subtype = request.get("subtype")
+        log.warning("claude asked for %r, which this adapter does not answer; it was refused so the turn goes "
+                    "on (avoid options that make claude ask its client, such as --permission-prompt-tool stdio)",
+                    subtype)
+        answer = {"type": "control_response", "response": {
+            "subtype": "error", "request_id": obj.get("request_id"),
+            "error": f"toolpool: no handler for control request {subtype!r}"}}
+        self._cut.send += json.dumps(answer).encode("ascii") + b"\n"
+        self._route(obj, line)
+
+    def _control_response(self, obj: Dict[str, Any], line: bytes) -> None:
         response = obj.get("response") or {}
         turn = self._turn
         if turn is not None and turn.kind == "ready" and response.get("request_id") == READY_REQUEST_ID:
             self._turn = None
             if response.get("subtype") == "error":
-                return [Frame(raw=line, error=SpawnError(f"claude refused initialize: {response.get('error')}"))]
-            return [Frame(raw=line, fields={"control_response": response})]
+                self._cut.frames.append(Frame(raw=line, error=SpawnError(
+                    f"claude refused initialize: {response.get('error')}")))
+            else:
+                self._cut.frames.append(Frame(raw=line, fields={"control_response": response}))
+            return
         if response.get("subtype") == "error":
             log.warning("claude answered control request %r with an error: %s",
                         response.get("request_id"), response.get("error"))
         if turn is not None and turn.kind == "prompt":
-            return self._record(turn, obj, line)  # e.g. the interrupt's acknowledgement
-        log.debug("claude: control response with no request pending: %.200r", line)
-        return []
+            self._record(turn, obj, line)  # e.g. the interrupt's acknowledgement
+        else:
+            log.debug("claude: control response with no request pending: %.200r", line)
+
+    def _end_early(self, turn: _TurnState) -> None:
+        """``turn`` ends before its claude turn does: whatever of it still comes is dropped."""
+        if turn.uuid is not None:
+            self._ended.append(turn.uuid)
+        if self._owner is not None and self._owner in (turn.uuid, _POSITIONAL):
+            self._owner = _STALE
 
     def _finish(self, turn: _TurnState, result: Optional[Dict[str, Any]]) -> Frame:
         """The final frame of ``turn``; ``result`` None for an interrupted turn without one."""
-        self._turn = None
+        if turn is self._turn:
+            self._turn = None
         fields: Dict[str, Any] = {"session_id": turn.session_id, "events": turn.events}
         meta: Dict[str, Any] = {"model": turn.model}
         for key, value in (result or {}).items():
@@ -387,18 +509,32 @@ class ClaudeFramer(Framer):
             text = "\n".join(t for t in turn.texts if t)
         return Frame(raw=bytes(turn.raw), text=text, fields=fields)
 
-    def _protocol_error(self, message: str) -> List[Frame]:
+    def _protocol_error(self, message: str, final: bool) -> None:
         turn = self._turn
         if turn is None:
             log.warning("%s (no request pending; ignored)", message)
-            return []
+            return
         if turn.kind == "ready":  # e.g. cli_path is not Claude Code: fail the start, clearly
-            return [Frame(error=SpawnError(f"{message}; is cli_path Claude Code?"), final=False)]
-        return [Frame(error=ProtocolError(message), final=False)]
+            self._cut.frames.append(Frame(error=SpawnError(f"{message}; is cli_path Claude Code?"), final=False))
+            return
+        if final:
+            self._end_early(turn)
+            self._turn = None
+            self._cut.frames.append(Frame(error=ProtocolError(message), final=True))
+        elif not turn.failed:
+            turn.failed = True
+            self._cut.frames.append(Frame(error=ProtocolError(message), final=False))
 
-    def _too_long(self, start: bytes) -> List[Frame]:
-        return self._protocol_error(f"claude printed a line longer than max_line_bytes={self.max_line_bytes}; "
-                                    f"it starts with {start!r}")
+    def _too_long(self, start: bytes) -> None:
+        """An over-long line ends the request now; the claude turn it was in is dropped to its result."""
+        if start.startswith(b'{"type":"result"') and self._owner is not None:
+            self._owner, self._held = None, []  # it was the result line: that claude turn is over
+        elif self._owner is not None:
+            self._owner, self._held = _STALE, []
+        self._protocol_error(f"claude printed a line longer than max_line_bytes={self.max_line_bytes} (it starts "
+                             f"with {start[:120]!r}); the request failed and the rest of that turn was dropped. "
+                             "Raise ClaudeAdapter(max_line_bytes=...) if such long replies are expected",
+                             final=True)
 
 
 class ClaudeAdapter(Adapter):
@@ -490,7 +626,9 @@ class ClaudeAdapter(Adapter):
     def _argv(self, executable: str, resume: Optional[str]) -> List[str]:
         argv = [executable, "-p"]
         if not self.oneshot:
-            argv += ["--input-format", "stream-json"]
+            # Each turn then starts with our message echoed, uuid included: how the framer
+            # tells our turns from ones claude starts by itself.
+            argv += ["--input-format", "stream-json", "--replay-user-messages"]
         argv += ["--output-format", "stream-json", "--verbose"]  # stream-json requires --verbose with -p
         if self.model:
             argv += ["--model", self.model]
@@ -539,7 +677,7 @@ class ClaudeAdapter(Adapter):
                 self._config_root = lifecycle.private_dir("claude", tempfile.gettempdir())
                 self._owns_config_root = True
                 # Removed at close(), or when the adapter is garbage-collected or the program exits.
-                self._cleanup = weakref.finalize(self, shutil.rmtree, self._config_root, True)
+                self._cleanup = weakref.finalize(self, lifecycle.remove_private_dir, self._config_root)
             path = os.path.join(self._config_root, f"slot-{slot}")
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
@@ -568,7 +706,8 @@ class ClaudeAdapter(Adapter):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
         if not self.oneshot:
-            line = {"type": "user", "message": {"role": "user", "content": prompt}}
+            # The uuid comes last: the framer finds it there without parsing the line again.
+            line = {"type": "user", "message": {"role": "user", "content": prompt}, "uuid": str(uuidlib.uuid4())}
             return json.dumps(line).encode("ascii") + b"\n"
         if not prompt.strip():
             raise ValueError("prompt is empty; claude -p exits without answering an empty prompt")
@@ -579,17 +718,9 @@ class ClaudeAdapter(Adapter):
                             max_line_bytes=self.max_line_bytes, interrupt_settle=self.interrupt_settle)
 
     def interrupt(self, control: Control) -> None:
-        """Session: write the control ``interrupt`` request.  Oneshot: SIGINT (claude exits)."""
+        """Session: nothing more (the framer's control ``interrupt`` was written).  Oneshot: SIGINT."""
         if self.oneshot:
             control.signal_process(signal.SIGINT)
-            return
-        framer = control.framer
-        data = framer.take_interrupt_request() if isinstance(framer, ClaudeFramer) else b""
-        if data:
-            try:
-                control.write(data)
-            except BrokenPipeError:
-                pass  # claude is exiting; its exit reports the request
 
     def liveness_probe(self) -> Optional[bytes]:
         """Session mode: another ``initialize`` (answered in ms, no API call, context kept)."""

@@ -8,10 +8,10 @@ replaced in the background.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import ResponseTooLarge
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Frame, Framer, check_argv, encode_text
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Cut, Frame, Framer, check_argv, encode_text
 
 
 class UntilExitFramer(Framer):
@@ -25,25 +25,25 @@ class UntilExitFramer(Framer):
         self._buf = bytearray()
         self._overflow = False
 
-    def feed(self, data: bytes) -> List[Frame]:
+    def feed(self, data: bytes) -> Cut:
         if self._overflow:
-            return []
+            return Cut()
         self._buf += data
         if len(self._buf) > self.max_bytes:
             self._overflow = True
             partial = bytes(self._buf[:65536])
             self._buf.clear()
-            return [Frame(error=ResponseTooLarge(self.max_bytes, partial), final=False)]
-        return []
+            return Cut([Frame(error=ResponseTooLarge(self.max_bytes, partial), final=False)])
+        return Cut()
 
-    def on_exit(self) -> List[Frame]:
+    def on_exit(self, exit_code: Optional[int]) -> Cut:
         if self._overflow:
-            return [Frame()]  # closes the already-failed turn
-        if self.exit_code not in self.ok_codes:
-            return []  # the instance reports InstanceCrashed with the code and stderr tail
+            return Cut([Frame()])  # closes the already-failed turn
+        if exit_code not in self.ok_codes:
+            return Cut()  # the instance reports InstanceCrashed with the code and stderr tail
         raw = bytes(self._buf)
         text = raw.decode(self.encoding, "replace")
-        return [Frame(raw=raw, text=text.strip() if self.strip else text, fields={"exit_code": self.exit_code})]
+        return Cut([Frame(raw=raw, text=text.strip() if self.strip else text, fields={"exit_code": exit_code})])
 
     def partial(self) -> bytes:
         return bytes(self._buf)
@@ -66,9 +66,9 @@ class CommandAdapter(Adapter):
                  cwd: Optional[str] = None, start_timeout: float = 30.0,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, encoding: str = "utf-8",
                  ok_codes: Iterable[int] = (0,), suffix: str = "", strip: bool = True,
-                 name: Optional[str] = None, **kwargs: Any) -> None:
+                 name: Optional[str] = None, stderr_tail_bytes: int = 8192) -> None:
         super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
-                         encoding=encoding, **kwargs)
+                         encoding=encoding, stderr_tail_bytes=stderr_tail_bytes)
         self._command = check_argv(command, "['llm', '-p']")
         self.ok_codes = tuple(ok_codes)
         self.suffix = suffix

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import signal
-from typing import List, Mapping, Optional, Pattern, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Pattern, Sequence, Union
 
 from ..errors import ResponseTooLarge
-from .base import (DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Frame, Framer, check_argv, check_terminal_safe,
-                   encode_text)
+from .base import (DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer, check_argv,
+                   check_terminal_safe, encode_text)
 
 PromptPattern = Union[str, Pattern[str]]
 
@@ -51,10 +51,15 @@ class PromptFramer(Framer):
         self._cut_at: Optional[int] = None  # candidate end of the response body
         self._echo: Optional[bytes] = None
 
-    def start_turn(self, prompt: Optional[str]) -> None:
+    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
         # With echo off nothing is echoed, but a tool that turns echo back on
         # (readline does) repeats the line: remember it to strip it.
         self._echo = prompt.encode(self.encoding, "replace") if (self.crlf and prompt) else None
+        # Output that came while no turn ran (a tool printing on its own) cannot answer
+        # this prompt: it must not be glued to the front of its response.
+        if self._buf and not self._overflow:
+            del self._buf[:]
+            self._cut_at = None
 
     def _find_prompt(self) -> Optional[int]:
         start = max(0, len(self._buf) - self.window)
@@ -64,7 +69,7 @@ class PromptFramer(Framer):
             return None
         return start + len(tail[: m.start()].encode(self.encoding, "surrogateescape"))
 
-    def feed(self, data: bytes) -> List[Frame]:
+    def feed(self, data: bytes) -> Cut:
         frames: List[Frame] = []
         self._buf += data
         if self._overflow:
@@ -74,15 +79,18 @@ class PromptFramer(Framer):
             frames.append(Frame(error=ResponseTooLarge(self.max_bytes, bytes(self._buf[:65536])), final=False))
             del self._buf[: max(0, len(self._buf) - self.window)]
         self._cut_at = self._find_prompt()
-        if self._cut_at is not None and not self.settle:
+        if self._cut_at is None:
+            return Cut(frames)
+        if not self.settle:
             frames.append(self._cut())
-        return frames
+            return Cut(frames)
+        return Cut(frames, quiet=self.settle)
 
     def has_candidate(self) -> bool:
         return self._cut_at is not None
 
-    def on_quiet(self) -> List[Frame]:
-        return [self._cut()] if self._cut_at is not None else []
+    def on_quiet(self) -> Cut:
+        return Cut([self._cut()]) if self._cut_at is not None else Cut()
 
     def _cut(self) -> Frame:
         assert self._cut_at is not None
@@ -181,7 +189,7 @@ class ReplAdapter(Adapter):
     def interrupt(self, control: Control) -> None:
         control.signal_process(self.interrupt_signal)
 
-    def describe(self):
+    def describe(self) -> Dict[str, Any]:
         d = super().describe()
         d["prompt"] = self.prompt.pattern
         return d
