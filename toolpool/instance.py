@@ -130,17 +130,21 @@ class Instance:
     "unsolicited" with ``info["response"]``); ``on_idle(instance)`` is called
     (outside every lock) each time the instance becomes IDLE; ``call_later``
     schedules deferred work (the pool passes its scheduler's; alone, the
-    instance runs a scheduler of its own, stopped with ``stop(final=True)``).
+    instance runs a scheduler of its own, stopped with ``stop(final=True)``);
+    ``run_call`` runs a framer's off-thread work (:attr:`Cut.calls`; the pool
+    passes a worker pool's ``submit``; alone, a thread per call).
     """
 
     def __init__(self, adapter: Adapter, index: int, listener: Optional[Listener] = None, *,
                  on_idle: Optional[Callable[["Instance"], None]] = None,
-                 call_later: Optional[CallLater] = None) -> None:
+                 call_later: Optional[CallLater] = None,
+                 run_call: Optional[Callable[[Callable[[], None]], Any]] = None) -> None:
         self.adapter = adapter
         self.index = index
         self._listener = listener
         self._on_idle = on_idle
         self._call_later = call_later
+        self._run_call = run_call
         self._own_scheduler: Optional[Scheduler] = None
         self._lock = threading.Lock()
         self._state = State.STOPPED
@@ -328,7 +332,8 @@ class Instance:
         """Start a process; return it and the turn that completes when it is ready."""
         adapter = self.adapter
         transport = make_transport(adapter.transport, adapter.command(self.index),
-                                   adapter.environment(self.index), adapter.cwd, adapter_env=adapter.env,
+                                   adapter.environment(self.index), adapter.working_dir(self.index),
+                                   adapter_env=adapter.env,
                                    memory_max=getattr(adapter, "memory_max", None))
         try:
             framer = adapter.new_framer()
@@ -435,6 +440,10 @@ class Instance:
                 t.future.set_exception(exc if isinstance(exc, Exception) else ToolPoolError(str(exc)))
         if proc is not None:
             self._dispose(proc, grace=0.0)
+        try:
+            self.adapter.start_failed(self.index, exc)
+        except Exception:
+            log.exception("adapter %s start_failed() failed (instance %d)", self.adapter.name, self.index)
         if not isinstance(exc, (ToolNotFoundError, InstanceUnavailable, InstanceBusy)):  # not: stopped on purpose
             log.warning("instance %d failed to start: %s", self.index, self._redacted(str(exc)),
                         extra={"instance": self.index})
@@ -804,6 +813,8 @@ class Instance:
             interrupt = cut.interrupt and self._state is State.BUSY
         if cut.send:
             self._write(proc, cut.send)
+        for call in cut.calls:
+            self._call(proc, call)
         if cut.events and head is not None and head.on_event is not None:
             self._stream(head, cut.events)
         self._resolve(done)
@@ -829,6 +840,25 @@ class Instance:
         self._after_frames(proc, unsolicited, retire)
         if idle:
             self._idle_now(waiters)
+
+    def _call(self, proc: _Process, call: Callable[[], bytes]) -> None:
+        """Run a framer's off-thread work; write what it returns if the process is still the current one."""
+        def run() -> None:
+            try:
+                data = call()
+            except Exception:
+                log.exception("instance %d: a tool request handler failed", self.index)
+                return
+            if data and proc is self._proc:
+                self._write(proc, data)
+
+        if self._run_call is not None:
+            try:
+                self._run_call(run)
+                return
+            except RuntimeError:  # the pool's workers shut down: the pool is closing
+                return
+        threading.Thread(target=run, name=f"toolpool-call-{self.index}", daemon=True).start()
 
     def _after_frames(self, proc: _Process, unsolicited: List[Response], retire: Optional[str]) -> None:
         for response in unsolicited:

@@ -51,7 +51,8 @@ PoolListener = Callable[[str, Dict[str, Any]], None]
 def _on_pool_thread() -> bool:
     """True on a toolpool reader, scheduler or spawn thread (where callbacks run)."""
     current = threading.current_thread()
-    return isinstance(current, StreamReader) or current.name.startswith(("toolpool-scheduler", "toolpool-spawn"))
+    return isinstance(current, StreamReader) or current.name.startswith(("toolpool-scheduler", "toolpool-spawn",
+                                                                          "toolpool-call"))
 
 
 class ToolProcessPool:
@@ -142,8 +143,11 @@ class ToolProcessPool:
         self._shutdown_thread: Optional[threading.Thread] = None
         self._scheduler = Scheduler()
         self._executor = cf.ThreadPoolExecutor(max_workers=self.max_size, thread_name_prefix="toolpool-spawn")
+        # Answers to a tool's own requests (permission callbacks...): apart from spawns, so neither starves.
+        self._workers = cf.ThreadPoolExecutor(max_workers=max(2, self.max_size), thread_name_prefix="toolpool-call")
         instances = [Instance(adapter, i, self._on_instance_event, on_idle=self._on_idle,
-                              call_later=self._scheduler.call_later) for i in range(self.max_size)]
+                              call_later=self._scheduler.call_later, run_call=self._workers.submit)
+                     for i in range(self.max_size)]
         self._table = SlotTable(instances, self.min_size)
         self._dispatcher = Dispatcher(self._table, self._scheduler, self._stats, max_waiting=max_waiting,
                                       interrupt_grace=self.interrupt_grace, retry_on_crash=retry_on_crash)
@@ -515,6 +519,7 @@ class ToolProcessPool:
             for t in threads:
                 t.join()
             self._executor.shutdown(wait=True, cancel_futures=True)
+            self._workers.shutdown(wait=True, cancel_futures=True)
             self.adapter.detach()
             unregister_secrets(self._secrets)
             log.info("pool shut down (%d instances)", len(self._table))

@@ -75,19 +75,24 @@ class Cut:
     write to the tool now (e.g. an answer to a request it made).
     ``tool_turn``: True when the tool began a turn by itself; the instance
     holds prompts back until that turn's (unsolicited) frame arrives.
+    ``calls``: work to do off the reader thread and outside every lock (e.g.
+    answering a tool's permission request with a user's Python callback);
+    each returns the bytes to write to the tool (b"" for none).  The callable
+    must bound its own running time: it runs on a pool worker thread.
     """
 
-    __slots__ = ("frames", "events", "quiet", "interrupt", "send", "tool_turn")
+    __slots__ = ("frames", "events", "quiet", "interrupt", "send", "tool_turn", "calls")
 
     def __init__(self, frames: Optional[List[Frame]] = None, events: Optional[List[Dict[str, Any]]] = None,
                  quiet: Optional[float] = None, interrupt: bool = False, send: bytes = b"",
-                 tool_turn: bool = False) -> None:
+                 tool_turn: bool = False, calls: Optional[List[Callable[[], bytes]]] = None) -> None:
         self.frames: List[Frame] = frames if frames is not None else []
         self.events: List[Dict[str, Any]] = events if events is not None else []
         self.quiet = quiet
         self.interrupt = interrupt
         self.send = send
         self.tool_turn = tool_turn
+        self.calls: List[Callable[[], bytes]] = calls if calls is not None else []
 
     def __repr__(self) -> str:
         return (f"Cut(frames={self.frames!r}, events={len(self.events)}, quiet={self.quiet!r}, "
@@ -250,6 +255,13 @@ class Adapter:
 
     def observe(self, slot: int, response: Any) -> None:
         """Called with every response of ``slot`` (e.g. to remember a session id)."""
+
+    def start_failed(self, slot: int, error: BaseException) -> None:
+        """A process of ``slot`` failed to start with ``error`` (e.g. to drop a ``--resume`` that cannot work)."""
+
+    def working_dir(self, slot: int) -> Optional[str]:
+        """The working directory of ``slot``'s process (default: ``cwd`` for every slot)."""
+        return self.cwd
 
     def secret_env(self) -> Dict[str, str]:
         """Variables whose secret-looking values must never appear in a status dump.
