@@ -29,6 +29,7 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import fcntl
+import functools
 import logging
 import select
 import signal
@@ -346,10 +347,10 @@ class Instance:
         try:
             name = f"toolpool-{self.index}.{proc.generation}"
             proc.writer = Writer(transport.write_some, transport.stdin_fd, proc.stop,
-                                 lambda exc, p=proc: self._on_write_error(p, exc), f"{name}-writer")
+                                 functools.partial(self._on_write_error, proc), f"{name}-writer")
             proc.control = Control(proc.writer.write, transport.signal_process, transport.signal_group,
-                                   self._later, lambda p=proc: self._control_turn(p),
-                                   lambda p=proc: self._control_in_turn(p))
+                                   self._later, functools.partial(self._control_turn, proc),
+                                   functools.partial(self._control_in_turn, proc))
             with self._lock:
                 stopped = self._state is not State.STARTING  # stopped while we spawned: undo
                 ready: Optional[_Turn] = None
@@ -473,11 +474,12 @@ class Instance:
         timeout = check_seconds("timeout", timeout, allow_none=False) or 0.0
         with self._lock:
             self._retired = self._retired or final
+            failed: List[Completion] = []
             if self._state is State.STOPPED:
                 waiters = self._take_all_waiters() if final else []
-                proc, failed, done, other = None, [], None, None
+                proc, done, other = None, None, None
             elif self._state is State.STOPPING:
-                waiters, proc, failed, done, other = [], None, [], None, self._stop_done
+                waiters, proc, done, other = [], None, None, self._stop_done
             else:
                 self._set_state(State.STOPPING)
                 self._stop_done = done = threading.Event()

@@ -172,7 +172,7 @@ class ToolProcessPool:
         errors = [f.exception() for f in futures]
         failed = [(inst, e) for inst, e in zip(first, errors) if e is not None]
         if len(failed) == len(first):
-            raise failed[0][1]  # type: ignore[misc]
+            raise failed[0][1]
         for inst, exc in failed:
             if isinstance(exc, ToolNotFoundError):
                 raise exc
@@ -319,7 +319,8 @@ class ToolProcessPool:
         data = self._encode(prompt)
         slot = self._claim(index)
         try:
-            return slot.instance.send(prompt, on_event=on_event, data=data)
+            future: "cf.Future[Response]" = slot.instance.send(prompt, on_event=on_event, data=data)
+            return future
         except BaseException:
             self._dispatcher.unclaim_index(slot)
             raise

@@ -22,6 +22,7 @@ from .errors import InstanceBusy
 from .states import Owner, State
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .dispatch import Request
     from .instance import Instance
 
 _DOING = {
@@ -45,7 +46,7 @@ class Slot:
         self.active = active
         self.recycle_due = False
         #: Requests queued for this slot only (Lease.submit, submit(instance=i)); owned by the Dispatcher.
-        self.targeted: "List[object]" = []
+        self.targeted: "List[Request]" = []
 
     def dispatchable(self) -> bool:
         """Lock held.  Free, active, idle and not due for maintenance: dispatch may take it."""

@@ -6,13 +6,14 @@ works; :func:`register_adapter` adds your own.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
-from .base import Adapter, Control, Frame, Framer, check_terminal_safe, redact_argv
+from .base import Adapter, Control, Cut, Frame, Framer, check_terminal_safe, redact_argv
 from .demo import DemoAdapter
 from .repl import PromptFramer, ReplAdapter
 
-_REGISTRY: Dict[str, Callable[..., Adapter]] = {}
+_REGISTRY: dict[str, Callable[..., Adapter]] = {}
 
 
 def register_adapter(name: str, factory: Callable[..., Adapter]) -> None:
@@ -22,7 +23,7 @@ def register_adapter(name: str, factory: Callable[..., Adapter]) -> None:
     _REGISTRY[name] = factory
 
 
-def adapter_names() -> List[str]:
+def adapter_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
@@ -41,7 +42,8 @@ def _lazy(module: str, cls: str) -> Callable[..., Adapter]:
     def factory(**options: Any) -> Adapter:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(**options)
+        adapter: Adapter = getattr(importlib.import_module(f"{__name__}.{module}"), cls)(**options)
+        return adapter
 
     factory.__name__ = cls
     return factory
@@ -62,5 +64,5 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"{__name__}.{lazy[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["Adapter", "Control", "DemoAdapter", "Frame", "Framer", "PromptFramer", "ReplAdapter",
+__all__ = ["Adapter", "Control", "Cut", "DemoAdapter", "Frame", "Framer", "PromptFramer", "ReplAdapter",
            "adapter_names", "check_terminal_safe", "create_adapter", "redact_argv", "register_adapter"]
