@@ -1,9 +1,9 @@
 """Shared helpers for toolpool's benchmark programs (standard library only).
 
-Baselines live here: a hand-written blocking pipe loop (:class:`RawPipe`), the
-same pipe read by a thread that wakes the caller through a condition variable
-(:class:`ThreadedPipe`), and a raw pexpect loop (:class:`RawPexpect`).  They
-talk to the same ``echotool.py`` the pool runs.
+Baselines that several programs use live here: a hand-written blocking pipe
+loop (:class:`RawPipe`) and a raw pexpect loop (:class:`RawPexpect`), both
+talking to the same ``echotool.py`` the pools run.  The threaded floor and
+the raw executor are in ``roundtrip.py``, next to the figures they anchor.
 """
 
 from __future__ import annotations
@@ -13,22 +13,25 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ECHOTOOL = os.path.join(HERE, "echotool.py")
 PROMPT = b"bench> "
 PROMPT_RE = r"bench> $"
 CLOCK = time.CLOCK_MONOTONIC
+#: No baseline ever waits longer than this for its tool: a hang ends the benchmark instead.
+HANG_SECONDS = 30.0
 
 
-def echo_cmd(*flags: str) -> List[str]:
+def echo_cmd(*flags: str) -> list[str]:
     return [sys.executable, "-u", ECHOTOOL, *flags]
 
 
 def now_ns() -> int:
+    """The system-wide monotonic clock the echo tool stamps its answers with."""
     return time.clock_gettime_ns(CLOCK)
 
 
@@ -60,6 +63,13 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+def core_under_test() -> str:
+    """Which toolpool this process imported (a benchmark may be run against an older checkout)."""
+    import toolpool
+
+    return f"toolpool {getattr(toolpool, '__version__', '?')} from {os.path.dirname(toolpool.__file__)}"
+
+
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Print a plain aligned table."""
     cells = [[str(c) for c in header]] + [[c if isinstance(c, str) else _fmt(c) for c in r] for r in rows]
@@ -69,7 +79,7 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
     line = "  ".join("-" * w for w in widths)
     print(line)
     for n, r in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
         if n == 0:
             print(line)
     print(line)
@@ -108,10 +118,11 @@ def children_cpu_seconds(pids: Iterable[int]) -> float:
 
 # ------------------------------------------------------------------ baselines
 class RawPipe:
-    """A hand-written blocking loop: write a line, read until the prompt."""
+    """A hand-written blocking loop: write a line, read until the prompt (no threads)."""
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         self.fin = self.proc.stdin.fileno()
         self.fout = self.proc.stdout.fileno()
         self._read_until_prompt()
@@ -119,7 +130,7 @@ class RawPipe:
     def _read_until_prompt(self) -> bytes:
         buf = b""
         while not buf.endswith(PROMPT):
-            chunk = os.read(self.fout, 65536)
+            chunk = os.read(self.fout, 65536)  # the tool answers at once; a dead one gives EOF
             if not chunk:
                 raise EOFError("echo tool exited")
             buf += chunk
@@ -130,55 +141,9 @@ class RawPipe:
         return self._read_until_prompt()
 
     def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.close()
         self.proc.wait(5)
-        self.proc.stdout.close()
-
-
-class ThreadedPipe:
-    """The same pipe read by a reader thread; the caller waits on a condition variable.
-
-    The cheapest possible shape of a thread-based pool (one thread hop), with
-    no framing, state machine or futures.
-    """
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        self.fin = self.proc.stdin.fileno()
-        self.fout = self.proc.stdout.fileno()
-        self._cond = threading.Condition()
-        self._answers: List[bytes] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self._wait()
-
-    def _run(self) -> None:
-        buf = b""
-        while True:
-            chunk = os.read(self.fout, 65536)
-            if not chunk:
-                return
-            buf += chunk
-            if buf.endswith(PROMPT):
-                with self._cond:
-                    self._answers.append(buf[: -len(PROMPT)])
-                    self._cond.notify()
-                buf = b""
-
-    def _wait(self) -> bytes:
-        with self._cond:
-            while not self._answers:
-                self._cond.wait()
-            return self._answers.pop(0)
-
-    def ask(self, line: bytes) -> bytes:
-        os.write(self.fin, line + b"\n")
-        return self._wait()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(5)
-        self._thread.join(5)
         self.proc.stdout.close()
 
 
@@ -186,39 +151,28 @@ class RawPexpect:
     """A raw pexpect loop over a pty, tuned like toolpool's pty transport."""
 
     def __init__(self, argv: Sequence[str]) -> None:
-        import pexpect
+        import pexpect  # type: ignore[import-untyped]  # an optional test dependency, no stubs
 
+        self._pexpect = pexpect
         self.child = pexpect.spawn(argv[0], list(argv[1:]), echo=False, encoding=None, use_poll=True,
-                                   dimensions=(40, 200))
+                                   dimensions=(40, 200), timeout=HANG_SECONDS)
         self.child.delaybeforesend = None
         self.child.expect_exact(PROMPT)
 
     def ask(self, line: bytes) -> bytes:
         self.child.send(line + b"\n")
         self.child.expect_exact(PROMPT)
-        return self.child.before
+        before: bytes = self.child.before
+        return before
 
     def close(self) -> None:
         self.child.sendeof()
-        self.child.expect_exact(__import__("pexpect").EOF)
+        self.child.expect_exact(self._pexpect.EOF)
         self.child.close()
 
 
-def summarize(samples_us: Sequence[float]) -> Dict[str, float]:
-    return {"n": len(samples_us), "p50": pct(samples_us, 50), "p99": pct(samples_us, 99),
-            "mean": statistics.fmean(samples_us) if samples_us else float("nan")}
-
-
-def wait_for(cond, timeout: float = 10.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
-def optional(name: str) -> Optional[object]:
+def optional(name: str) -> Any:
+    """The module, or None when it is not installed."""
     try:
         return __import__(name)
     except ImportError:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pre-warming, parallel start-up and dispatch throughput.
+"""Pre-warming and parallel start-up.
 
     python3 benchmarks/prewarm.py            # full run (~1-2 min; includes real claude if installed)
     python3 benchmarks/prewarm.py --quick    # a few seconds (smoke test; skips claude)
@@ -16,28 +16,23 @@
     against ``toolpool.testing.FakeAnthropicServer``, when installed.
 (b) pool start-up: constructing a pool of 8 instances of a tool with 0.5 s
     start-up vs a pool of 1, alternating.  Target: within 1.5 x (parallel spawn).
-(c) ``submit`` throughput: 4 instances of the echo tool vs a
-    ``ThreadPoolExecutor(4)`` whose workers each drive their own raw pipe to
-    the same tool; wall time and parent CPU per request, alternating rounds.
+(``submit`` throughput is measured by ``roundtrip.py``, side by side with latency.)
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import os
 import subprocess
 import sys
-import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (PROMPT_RE, RawPipe, cpu_seconds, echo_cmd, machine, median, pct, table,  # noqa: E402
-                     verdict)
+from _common import PROMPT_RE, RawPipe, echo_cmd, machine, median, pct, table, verdict  # noqa: E402
 
-from toolpool import CommandAdapter, ReplAdapter, ToolProcessPool  # noqa: E402
+from toolpool import Adapter, CommandAdapter, ReplAdapter, ToolProcessPool  # noqa: E402
 
 CLAUDE = os.path.expanduser("~/.cache/toolpool/real-tools/claude/node_modules/.bin/claude")
 
@@ -47,10 +42,10 @@ def ms(x: float) -> float:
 
 
 # ---------------------------------------------------------------- (a) one-shot
-def warm_vs_cold(adapter, cold_argv: List[str], cold_env: Optional[Dict[str, str]], n: int, think: float,
-                 prompt: str, check: str) -> Dict[str, List[float]]:
+def warm_vs_cold(adapter: Adapter, cold_argv: list[str], cold_env: dict[str, str] | None, n: int, think: float,
+                 prompt: str, check: str) -> dict[str, list[float]]:
     """Alternate a warm pooled prompt and a cold fresh process; return seconds per kind."""
-    out: Dict[str, List[float]] = {"warm": [], "cold": [], "acquire": [], "first_byte": []}
+    out: dict[str, list[float]] = {"warm": [], "cold": [], "acquire": [], "first_byte": []}
     pool = ToolProcessPool(adapter, count=1)
     try:
         time.sleep(think)  # the first pre-spawned process finishes its start-up
@@ -77,7 +72,7 @@ def warm_vs_cold(adapter, cold_argv: List[str], cold_env: Optional[Dict[str, str
     return out
 
 
-def back_to_back(adapter, n: int, prompt: str) -> List[float]:
+def back_to_back(adapter: Adapter, n: int, prompt: str) -> list[float]:
     """Prompts with no think time: each waits for the replacement's start-up (shown for honesty)."""
     pool = ToolProcessPool(adapter, count=1)
     got = []
@@ -92,7 +87,7 @@ def back_to_back(adapter, n: int, prompt: str) -> List[float]:
     return got
 
 
-def report_oneshot(title: str, res: Dict[str, List[float]], b2b: Optional[List[float]], label: str,
+def report_oneshot(title: str, res: dict[str, list[float]], b2b: list[float] | None, label: str,
                    target: bool) -> None:
     rows = [
         ["cold: fresh process per prompt", len(res["cold"]), ms(pct(res["cold"], 50)), ms(pct(res["cold"], 99)),
@@ -105,7 +100,7 @@ def report_oneshot(title: str, res: Dict[str, List[float]], b2b: Optional[List[f
                      f"{pct(b2b, 50) / pct(res['cold'], 50):.3f}x"])
     table(title, ["prompt path", "n", "p50 ms", "p99 ms", "p50 vs cold"], rows)
     r = pct(res["warm"], 50) / pct(res["cold"], 50)
-    pairs = median(w / c for w, c in zip(res["warm"], res["cold"]))
+    pairs = median(w / c for w, c in zip(res["warm"], res["cold"], strict=True))
     acq50, acq99 = pct(res["acquire"], 50) * 1e6, pct(res["acquire"], 99) * 1e6
     print()
     if target:
@@ -164,7 +159,7 @@ def bench_claude(args: argparse.Namespace) -> None:
 def bench_startup(args: argparse.Namespace) -> None:
     s = args.pool_startup
     adapter = ReplAdapter(echo_cmd("--startup", str(s)), prompt=PROMPT_RE, name="slow-start-echo")
-    times: Dict[int, List[float]] = {0: [], 1: [], 8: []}  # 0: a raw Popen, no pool
+    times: dict[int, list[float]] = {0: [], 1: [], 8: []}  # 0: a raw Popen, no pool
     for r in range(args.start_rounds):
         for n in ((0, 1, 8) if r % 2 == 0 else (8, 1, 0)):
             t0 = time.perf_counter()
@@ -191,79 +186,12 @@ def bench_startup(args: argparse.Namespace) -> None:
     print(f"ratio start 1-instance pool/raw Popen: {one / zero:.2f}x ({(one - zero) * 1e3:.0f} ms more)")
 
 
-# ------------------------------------------------------------ (c) throughput
-def bench_throughput(args: argparse.Namespace) -> None:
-    n, workers = args.requests, 4
-    pool = ToolProcessPool(ReplAdapter(echo_cmd(), prompt=PROMPT_RE, name="echo"), count=workers)
-    local = threading.local()
-    pipes: List[RawPipe] = []
-    lock = threading.Lock()
-
-    def raw_ask(prompt: str) -> bytes:
-        p = getattr(local, "pipe", None)
-        if p is None:
-            p = local.pipe = RawPipe(echo_cmd())
-            with lock:
-                pipes.append(p)
-        return p.ask(prompt.encode())
-
-    tpe = cf.ThreadPoolExecutor(max_workers=workers)
-    list(tpe.map(raw_ask, [f"warm {i}" for i in range(200)]))  # start the 4 pipes
-    assert len(pipes) == workers, len(pipes)
-    for f in [pool.submit(f"warm {i}") for i in range(200)]:
-        f.result()
-
-    def run_pool() -> None:
-        futures = [pool.submit(f"hello {i}") for i in range(n)]
-        for f in futures:
-            f.result()
-
-    def run_map() -> None:
-        for _ in pool.map(f"hello {i}" for i in range(n)):
-            pass
-
-    def run_tpe() -> None:
-        for f in [tpe.submit(raw_ask, f"hello {i}") for i in range(n)]:
-            f.result()
-
-    methods = [("ThreadPoolExecutor(4) + raw pipes", run_tpe), ("pool.submit x4 instances", run_pool),
-               ("pool.map x4 instances", run_map)]
-    wall: Dict[str, List[float]] = {m: [] for m, _ in methods}
-    cpu: Dict[str, List[float]] = {m: [] for m, _ in methods}
-    try:
-        for r in range(args.tp_rounds):
-            order = methods[r % 3:] + methods[: r % 3]
-            for name, fn in order:
-                c0, t0 = cpu_seconds(), time.perf_counter()
-                fn()
-                wall[name].append(time.perf_counter() - t0)
-                cpu[name].append(cpu_seconds() - c0)
-    finally:
-        pool.shutdown()
-        tpe.shutdown()
-        for p in pipes:
-            p.close()
-    base = methods[0][0]
-    rows = []
-    for name, _ in methods:
-        w, c = median(wall[name]), median(cpu[name])
-        rows.append([name, n, n / w, w / n * 1e6, c / n * 1e6, f"{median(wall[base]) / w:.2f}x"])
-    table(f"(c) throughput, {n} requests per round, {args.tp_rounds} rotating rounds (medians)",
-          ["method", "requests", "req/s", "wall us/req", "parent CPU us/req", "throughput vs executor"], rows)
-    wb, wp = median(wall[base]) / n, median(wall["pool.submit x4 instances"]) / n
-    cb, cp = median(cpu[base]) / n, median(cpu["pool.submit x4 instances"]) / n
-    print()
-    print(f"ratio throughput pool.submit/executor: {wb / wp:.2f}x")
-    print(f"overhead per request of pool.submit: {(wp - wb) * 1e6:.1f} us wall, {(cp - cb) * 1e6:.1f} us parent CPU "
-          f"(executor baseline: {wb * 1e6:.1f} us wall, {cb * 1e6:.1f} us CPU per request)")
-
-
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds; shorter start-ups, fewer rounds")
     ap.add_argument("--claude", action="store_true", default=None, help="run the real-claude part (default: "
                     "yes unless --quick)")
-    ap.add_argument("--only", choices=["oneshot", "claude", "startup", "throughput"], action="append")
+    ap.add_argument("--only", choices=["oneshot", "claude", "startup"], action="append")
     args = ap.parse_args(list(argv) or None)
     q = args.quick
     args.startup = 0.3 if q else 0.8
@@ -274,10 +202,8 @@ def main(argv: Sequence[str] = ()) -> int:
     args.claude_think = 1.5
     args.pool_startup = 0.5
     args.start_rounds = 2 if q else 8
-    args.requests = 300 if q else 2000
-    args.tp_rounds = 3 if q else 9
-    only = set(args.only or ["oneshot", "claude", "startup", "throughput"])
-    print(f"toolpool pre-warm / start-up / throughput benchmark{' (--quick)' if q else ''}")
+    only = set(args.only or ["oneshot", "claude", "startup"])
+    print(f"toolpool pre-warm / start-up benchmark{' (--quick)' if q else ''}")
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     if "oneshot" in only:
         bench_oneshot(args)
@@ -285,8 +211,6 @@ def main(argv: Sequence[str] = ()) -> int:
         bench_claude(args)
     if "startup" in only:
         bench_startup(args)
-    if "throughput" in only:
-        bench_throughput(args)
     return 0
 
 
