@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from typing import Dict, List
 
 from toolpool import ResponseTimeout, ToolProcessPool
 from toolpool.adapters import ClaudeAdapter
@@ -32,11 +31,11 @@ from toolpool.testing import FakeAnthropicServer, RecordedRequest, Reply, find_t
 
 
 # --------------------------------------------------------------- the code under test
-def triage(pool: ToolProcessPool, issues: List[str], timeout: float = 60) -> Dict[str, str]:
+def triage(pool: ToolProcessPool, issues: list[str], timeout: float = 60) -> dict[str, str]:
     """Label each issue "bug", "feature" or "unknown" (on an error or an unclear answer)."""
     prompts = [f"Answer with one word, bug or feature. Issue: {issue}" for issue in issues]
     labels = {}
-    for issue, result in zip(issues, pool.map(prompts, timeout=timeout, return_exceptions=True)):
+    for issue, result in zip(issues, pool.map(prompts, timeout=timeout, return_exceptions=True), strict=True):
         if isinstance(result, Exception) or result.is_error:
             labels[issue] = "unknown"
             continue

@@ -54,7 +54,7 @@ def main() -> int:
             per_node = collections.Counter(r.node[:8] for r in answers)
             first = answers[0].text.splitlines()[0]
             print(f"map         -> {first!r} ... {len(answers)} answers, per node {dict(per_node)}")
-            assert all(f"You asked: {p}" in r.text for p, r in zip(prompts, answers))
+            assert all(f"You asked: {p}" in r.text for p, r in zip(prompts, answers, strict=True))
 
             with pool.lease(timeout=10) as lease:
                 a = lease.ask("step one", timeout=10).text.splitlines()[0]

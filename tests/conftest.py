@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import threading
-from typing import List
 
 import pytest
 
+from toolkit import (  # noqa: F401 (re-exported)
+    FAKETOOL,
+    HERE,
+    MARK,
+    fake_adapter,
+    fake_cmd,
+    marked_processes,
+    open_fds,
+    wait_until,
+    zombie_children,
+)
 from toolpool import ToolProcessPool
-
-from toolkit import (FAKETOOL, HERE, MARK, fake_adapter, fake_cmd, marked_processes, open_fds,  # noqa: F401 (re-exported)
-                     wait_until, zombie_children)
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +32,7 @@ def no_leftover_processes(request):
 
 @pytest.fixture
 def make_pool():
-    pools: List[ToolProcessPool] = []
+    pools: list[ToolProcessPool] = []
 
     def factory(adapter, count=None, **kwargs) -> ToolProcessPool:
         pool = ToolProcessPool(adapter, count, **kwargs)

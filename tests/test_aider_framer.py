@@ -11,13 +11,11 @@ import os
 import signal
 import threading
 import time
-from typing import List, Optional, Tuple
 
 import pytest
 
 from toolpool.adapters import AiderAdapter, aider
-from toolpool.adapters.aider import (AiderApiError, AiderCommand, AiderFramer, aider_command,
-                                     encode_prompt, parse_output)
+from toolpool.adapters.aider import AiderApiError, AiderCommand, AiderFramer, aider_command, encode_prompt, parse_output
 from toolpool.adapters.base import Control, Cut, Frame
 from toolpool.errors import ResponseTooLarge
 
@@ -29,11 +27,11 @@ class ListFramer(AiderFramer):
 
     last: Cut
 
-    def feed(self, data: bytes) -> List[Frame]:  # type: ignore[override]
+    def feed(self, data: bytes) -> list[Frame]:  # type: ignore[override]
         self.last = super().feed(data)
         return self.last.frames
 
-    def on_quiet(self) -> List[Frame]:  # type: ignore[override]
+    def on_quiet(self) -> list[Frame]:  # type: ignore[override]
         self.last = super().on_quiet()
         return self.last.frames
 
@@ -43,9 +41,9 @@ def framer(**kw) -> ListFramer:
     return ListFramer(**kw)
 
 
-def run(f: AiderFramer, chunks: List[bytes]) -> List[Frame]:
+def run(f: AiderFramer, chunks: list[bytes]) -> list[Frame]:
     """Feed chunks; when the output ends like a response, let the quiet period pass."""
-    frames: List[Frame] = []
+    frames: list[Frame] = []
     for chunk in chunks:
         frames += f.feed(chunk)
     if f.has_candidate():
@@ -53,7 +51,7 @@ def run(f: AiderFramer, chunks: List[bytes]) -> List[Frame]:
     return frames
 
 
-def turn(f: AiderFramer, prompt: Optional[str], *chunks: bytes) -> List[Frame]:
+def turn(f: AiderFramer, prompt: str | None, *chunks: bytes) -> list[Frame]:
     f.start_turn(prompt)
     return run(f, list(chunks))
 
@@ -63,12 +61,12 @@ def ready(f: AiderFramer, prompt_line: bytes = b"> ") -> None:
     assert len(frames) == 1 and frames[0].error is None
 
 
-def load_transcript(name: str) -> List[Tuple[str, Optional[str], List[bytes]]]:
+def load_transcript(name: str) -> list[tuple[str, str | None, list[bytes]]]:
     """[(label, typed text, output chunks)] per driver SEND mark of a sample transcript."""
     path = os.path.join(SAMPLES, name)
     if not os.path.exists(path):
         pytest.skip(f"sample {path} not available")
-    turns: List[Tuple[str, Optional[str], List[bytes]]] = [("startup", None, [])]
+    turns: list[tuple[str, str | None, list[bytes]]] = [("startup", None, [])]
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split(" ", 3)
@@ -155,12 +153,12 @@ def test_pipe_transcript_replayed():
     assert texts["after-interrupt"].text == "ECHO: after interrupt"
 
 
-def load_probe(name: str) -> List[Tuple[str, List[bytes]]]:
+def load_probe(name: str) -> list[tuple[str, list[bytes]]]:
     """[(typed text, output chunks)] of a probe capture (``t >>> 'typed'`` / ``t b'out'`` lines)."""
     path = os.path.join(SAMPLES, name)
     if not os.path.exists(path):
         pytest.skip(f"sample {path} not available")
-    turns: List[Tuple[str, List[bytes]]] = []
+    turns: list[tuple[str, list[bytes]]] = []
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split(" ", 2)
@@ -197,7 +195,7 @@ def test_continuation_prompts_split_across_reads_are_skipped():
     ready(f, b"notes.txt\nask> ")
     f.start_turn("a\nb")  # typed as 4 lines: 3 continuation prompts "ask> "
     out = b"ask> ask> ask> \nECHO: a\nTokens: 1.2k sent, 12k received.\n\nnotes.txt\nask> "
-    frames: List[Frame] = []
+    frames: list[Frame] = []
     for i in range(len(out)):  # one byte at a time
         frames += f.feed(out[i:i + 1])
         assert not (f.has_candidate() and i < len(out) - 1), f"false end at byte {i}"
@@ -320,10 +318,10 @@ class Signals:
     """A Control whose scheduler is a real timer thread, and which records the signals sent."""
 
     def __init__(self) -> None:
-        self.sent: List[Tuple[float, int]] = []
+        self.sent: list[tuple[float, int]] = []
         self.turn = 1
         self.running = True
-        self.timers: List[threading.Timer] = []
+        self.timers: list[threading.Timer] = []
         # To the process group: a shell command aider runs must stop too.  Never to aider alone.
         self.control = Control(lambda data: None, self.wrong, self.signal, self.call_later,
                                lambda: self.turn, lambda: self.running)

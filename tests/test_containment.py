@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from toolkit import HERE, marked_processes, wait_until
 
+from toolkit import HERE, marked_processes, wait_until
 from toolpool import ReplAdapter, containment
 from toolpool.testing import FakeAnthropicServer, find_tool
 
@@ -129,7 +129,8 @@ def test_describe_says_which_mechanism_is_active_and_why(make_pool):
 def test_marker_fallback_alone_reaches_a_setsid_grandchild():
     """With cgroups disabled, the environment marker must still find the escapee."""
     code = (
-        f"import os, sys; sys.path.insert(0, {REPO!r}); from toolpool import ToolProcessPool, ReplAdapter, containment\n"
+        f"import os, sys; sys.path.insert(0, {REPO!r})\n"
+        "from toolpool import ToolProcessPool, ReplAdapter, containment\n"
         f"a = ReplAdapter([sys.executable, '-u', {ESCAPER!r}, '--setsid-child'], prompt=r'tp> $', start_timeout=20)\n"
         "p = ToolProcessPool(a, 1); child = int(p.ask(0, 'pids', timeout=10).text)\n"
         "assert containment.describe()['mechanism'] == 'marker'\n"

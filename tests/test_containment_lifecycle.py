@@ -9,8 +9,8 @@ import sys
 import threading
 
 import pytest
-from toolkit import HERE
 
+from toolkit import HERE
 from toolpool import ReplAdapter, ToolProcessPool, lifecycle
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,7 +22,8 @@ TOOLS = os.path.join(HERE, "tools")
 
 def run_script(args, env_extra=None, timeout=90) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-u", *args], check=False, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-u", *args], check=False, capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 def last_json(out: subprocess.CompletedProcess) -> dict:

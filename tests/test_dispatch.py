@@ -7,10 +7,17 @@ import time
 
 import pytest
 
-from toolpool import (AcquireTimeout, CommandAdapter, InstanceBusy, InstanceCrashed, PoolClosed, PoolFull,
-                      ResponseTimeout, ToolProcessPool)
-
 from toolkit import HERE, fake_adapter, wait_until
+from toolpool import (
+    AcquireTimeout,
+    CommandAdapter,
+    InstanceBusy,
+    InstanceCrashed,
+    PoolClosed,
+    PoolFull,
+    ResponseTimeout,
+    ToolProcessPool,
+)
 
 pytestmark = pytest.mark.timeout(90)
 ONESHOT = [sys.executable, f"{HERE}/tools/oneshot.py"]

@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from typing import Dict, List, Tuple
 
 import pytest
 
@@ -28,7 +27,7 @@ REQUIRED_DOCS = ("quickstart.md", "concepts.md", "api.md", "adapters.md", "opera
 
 API_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY",
             "OPENAI_API_BASE", "OPENAI_BASE_URL", "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")
-TOOLS: Dict[str, Tuple[str, str]] = {
+TOOLS: dict[str, tuple[str, str]] = {
     "claude": ("TOOLPOOL_CLAUDE", "claude/node_modules/.bin/claude"),
     "aider": ("TOOLPOOL_AIDER", "aider-venv/bin/aider"),
 }
@@ -42,14 +41,14 @@ BLOCK_TIMEOUT = 90
 REAL_TOOL_BLOCK_TIMEOUT = 240
 
 
-def doc_files() -> List[str]:
+def doc_files() -> list[str]:
     files = [os.path.join(ROOT, "README.md")]
     if os.path.isdir(DOCS):
         files += sorted(os.path.join(DOCS, f) for f in os.listdir(DOCS) if f.endswith(".md"))
     return files
 
 
-def python_blocks(path: str) -> List[Tuple[int, str]]:
+def python_blocks(path: str) -> list[tuple[int, str]]:
     """(line number of the opening fence, code) for every ```python block of a Markdown file."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -71,7 +70,7 @@ def python_blocks(path: str) -> List[Tuple[int, str]]:
     return blocks
 
 
-def tools_needed(code: str) -> List[str]:
+def tools_needed(code: str) -> list[str]:
     return [tool for tool, pattern in _NEEDS.items() if pattern.search(code)]
 
 
@@ -130,7 +129,7 @@ def test_every_required_doc_exists_and_has_runnable_code():
         assert python_blocks(path), f"docs/{name} has no ```python block"
 
 
-def _public_names() -> List[str]:
+def _public_names() -> list[str]:
     names = []
     toolpool = importlib.import_module("toolpool")
     names += list(toolpool.__all__)

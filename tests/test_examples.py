@@ -12,7 +12,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -26,13 +25,13 @@ API_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "
             "OPENAI_API_BASE", "OPENAI_BASE_URL", "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")
 
 #: Real tools: (env var, name on PATH, path under the install dir).
-TOOLS: Dict[str, Tuple[str, str, str]] = {
+TOOLS: dict[str, tuple[str, str, str]] = {
     "claude": ("TOOLPOOL_CLAUDE", "claude", "claude/node_modules/.bin/claude"),
     "aider": ("TOOLPOOL_AIDER", "aider", "aider-venv/bin/aider"),
 }
 
 #: example -> (real tool it needs or None, timeout in seconds, strings its stdout must contain)
-CASES: Dict[str, Tuple[Optional[str], float, List[str]]] = {
+CASES: dict[str, tuple[str | None, float, list[str]]] = {
     "basic_pool.py": (None, 60, [
         "pool of 3 ready", "ask(0)      -> instance 0", "InstanceBusy: instance 1 has not answered",
         "read(1)     -> [turn 1] You asked: a prompt sent now, read later",
@@ -79,7 +78,7 @@ def require_tool(tool: str) -> None:
     pytest.skip(why)
 
 
-def offline_env() -> Dict[str, str]:
+def offline_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in API_VARS}
     env["PYTHONUNBUFFERED"] = "1"
     return env

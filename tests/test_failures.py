@@ -1,14 +1,22 @@
 """Tools that crash, flood, hang or never start: clear errors, never a hang."""
 
-import os
 import time
 
 import pytest
 
-from toolpool import (InstanceBusy, InstanceCrashed, InstanceUnavailable, ResponseTimeout, ResponseTooLarge, SpawnError,
-                      ToolNotFoundError, ToolPoolError, ToolProcessPool, ReplAdapter)
-
-from toolkit import fake_adapter, fake_cmd, marked_processes, wait_until
+from toolkit import fake_adapter, marked_processes, wait_until
+from toolpool import (
+    InstanceBusy,
+    InstanceCrashed,
+    InstanceUnavailable,
+    ReplAdapter,
+    ResponseTimeout,
+    ResponseTooLarge,
+    SpawnError,
+    ToolNotFoundError,
+    ToolPoolError,
+    ToolProcessPool,
+)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import pytest
-from test_testing_servers import anthropic_body, http, openai_body, sse_events
 
+from test_testing_servers import anthropic_body, http, openai_body, sse_events
 from toolpool.testing import (
     Drop,
     Error,
@@ -351,7 +351,7 @@ def test_openai_replies_by_prompt_and_in_order_with_usage_recorded() -> None:
             answers.append("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks))
     assert answers == ["first in order", edit, "second in order"]
     assert [r.text for r in server.replies] == answers
-    assert all(r.usage["completion_tokens"] == len(a.split()) for r, a in zip(server.replies, answers))
+    assert all(r.usage["completion_tokens"] == len(a.split()) for r, a in zip(server.replies, answers, strict=True))
     assert server.total_usage["completion_tokens"] == sum(len(a.split()) for a in answers)
 
 

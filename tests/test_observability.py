@@ -1,19 +1,18 @@
 """stats/pop_stats, Prometheus metrics, logging, atomic redacted status dumps, schemas."""
 
 import json
-import sys
 import logging
 import os
 import stat
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from toolpool import ResponseTimeout
+from toolkit import fake_adapter
+from toolpool import ResponseTimeout, ToolPoolError
 from toolpool.prometheus import PoolCollector
 from toolpool.status import load_schema, redact_text, validation_errors
-
-from toolkit import fake_adapter
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +54,7 @@ def test_prometheus_collector_exposes_conventional_names(make_pool):
 def test_one_log_line_per_spawn_exit_restart_timeout(make_pool, caplog):
     caplog.set_level(logging.DEBUG, logger="toolpool")
     pool = make_pool(fake_adapter(), 1)
-    with pytest.raises(Exception):
+    with pytest.raises(ToolPoolError):
         pool.submit("crash 3").result(30)
     pool.restart_instance(0)
     assert pool.ask(0, "hi", timeout=10).text == "you said: hi"
@@ -76,7 +75,7 @@ def test_one_log_line_per_spawn_exit_restart_timeout(make_pool, caplog):
 def test_dump_status_is_atomic_private_valid_and_redacted(make_pool, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-abcdef123456")
     pool = make_pool(fake_adapter(env={"OPENAI_API_KEY": "sk-live-0123456789abcdef"}), 2)
-    with pytest.raises(Exception):
+    with pytest.raises(ToolPoolError):
         # the tool's stderr now carries a secret: it must not reach the dump
         pool.ask(0, "crash 1", timeout=30)
     pool.instances()[0].stderr.append(b"auth failed for sk-live-0123456789abcdef and tok-abcdef123456\n")
@@ -112,10 +111,10 @@ def test_schemas_are_published_and_shipped_identically():
         assert load_schema(name) == published
         assert published["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
-        def described(node, where):
+        def described(node, where, schema=name):
             if isinstance(node, dict):
                 for key, sub in node.get("properties", {}).items():
-                    assert "description" in sub, f"{name}: {where}/{key} has no description"
+                    assert "description" in sub, f"{schema}: {where}/{key} has no description"
                     described(sub, f"{where}/{key}")
 
         described(published, "")

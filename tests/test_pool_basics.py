@@ -9,9 +9,8 @@ import jsonschema
 import pytest
 
 import toolpool
-from toolpool import (InstanceBusy, ReplAdapter, Response, ResponseTimeout, ToolPoolError, ToolProcessPool)
-
 from toolkit import fake_adapter, fake_cmd
+from toolpool import InstanceBusy, ReplAdapter, Response, ResponseTimeout, ToolPoolError, ToolProcessPool
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema")
 pytestmark = pytest.mark.timeout(60)

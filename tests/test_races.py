@@ -1,17 +1,24 @@
 """Regressions for races and leaks found in review: each test failed before its fix."""
 
-import concurrent.futures as cf
 import sys
 import threading
 import time
 
 import pytest
 
-from toolpool import (CommandAdapter, InstanceBusy, InstanceCrashed, PoolClosed, ReplAdapter, ResponseTimeout,
-                      RestartPolicy, State, ToolPoolError, ToolProcessPool)
-from toolpool.adapters.repl import PromptFramer
-
 from toolkit import HERE, fake_adapter, fake_cmd, open_fds, wait_until
+from toolpool import (
+    CommandAdapter,
+    InstanceBusy,
+    InstanceCrashed,
+    PoolClosed,
+    ReplAdapter,
+    ResponseTimeout,
+    RestartPolicy,
+    ToolPoolError,
+    ToolProcessPool,
+)
+from toolpool.adapters.repl import PromptFramer
 
 pytestmark = pytest.mark.timeout(90)
 FAST = RestartPolicy(initial=0.01, maximum=0.05, jitter=0.01, limit=2, window=30)

@@ -18,8 +18,8 @@ import shutil
 import subprocess
 
 import pytest
-from toolkit import MARK, marked_processes, wait_until
 
+from toolkit import MARK, marked_processes, wait_until
 from toolpool import DemoAdapter, PoolFull, ResponseTimeout
 from toolpool.adapters import ClaudeAdapter
 from toolpool.testing import FakeAnthropicServer, find_tool
@@ -106,7 +106,7 @@ def test_map_of_100_prompts_over_two_nodes_answers_each_prompt(make_ray_pool):
     pool = make_ray_pool(demo(), count_per_node=2)
     prompts = [f"prompt number {n}" for n in range(100)]
     responses = list(pool.map(prompts, timeout=60))
-    for prompt, response in zip(prompts, responses):
+    for prompt, response in zip(prompts, responses, strict=True):
         assert f"You asked: {prompt}\n" in response.text + "\n", (prompt, response.text)
         assert response.prompt == prompt
     used = {r.node for r in responses}
@@ -270,7 +270,8 @@ def test_every_node_listens_on_loopback_only(cluster):
         pytest.skip("ss (iproute2) is not installed")
     ours = _descendants(os.getpid())
     listening = []
-    for line in subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True, timeout=10).stdout.splitlines():
+    sockets = subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True, timeout=10).stdout
+    for line in sockets.splitlines():
         pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
         if pids & ours:
             listening.append(line)

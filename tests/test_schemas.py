@@ -116,8 +116,8 @@ def test_optional_extension_fields_are_accepted(live_status):
 
 
 def check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "check_jsonschema", *args], capture_output=True, text=True, check=False,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", *args], capture_output=True, text=True,
+                          check=False, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def test_check_jsonschema_agrees(live_status, tmp_path):

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from toolpool import InstanceUnavailable, PoolClosed, ToolProcessPool
-
 from toolkit import FAKETOOL, fake_adapter, marked_processes, open_fds, wait_until, zombie_children
+from toolpool import InstanceUnavailable, PoolClosed, ToolPoolError, ToolProcessPool
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -55,7 +54,7 @@ def test_grandchildren_are_killed_with_the_group(baseline):
 def test_crash_and_restart_cycles_do_not_leak(baseline):
     pool = ToolProcessPool(fake_adapter(), 1, restart=False)
     for _ in range(15):
-        with pytest.raises(Exception):
+        with pytest.raises(ToolPoolError):
             pool.ask(0, "crash 1", timeout=10)
         pool.restart_instance(0)
     assert pool.ask(0, "alive", timeout=10).text == "you said: alive"

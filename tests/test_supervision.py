@@ -6,9 +6,8 @@ import time
 
 import pytest
 
-from toolpool import InstanceCrashed, RestartPolicy, SpawnError, State, ToolProcessPool
-
 from toolkit import fake_adapter, wait_until
+from toolpool import InstanceCrashed, RestartPolicy, SpawnError, State, ToolProcessPool
 
 pytestmark = pytest.mark.timeout(90)
 FAST = RestartPolicy(initial=0.01, maximum=0.05, jitter=0.01, limit=3, window=30, stable_after=5)
@@ -112,6 +111,7 @@ def test_forced_restart_records_why(make_pool):
 def test_library_is_silent_until_logging_is_configured(tmp_path):
     import subprocess
     import sys
+
     from toolkit import FAKETOOL
     code = ("import sys; from toolpool import ToolProcessPool, ReplAdapter\n"
             f"pool = ToolProcessPool(ReplAdapter([sys.executable, '-u', {FAKETOOL!r}], prompt='tp> $'), 1)\n"

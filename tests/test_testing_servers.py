@@ -104,7 +104,7 @@ def test_anthropic_streaming_events_in_order() -> None:
     deltas = names[2:-3]
     assert len(deltas) >= 3 and set(deltas) == {"content_block_delta"}
     payloads = [json.loads(data) for _, data in events]
-    assert all(p["type"] == name for p, name in zip(payloads, names))  # data type matches event name
+    assert all(p["type"] == name for p, name in zip(payloads, names, strict=True))  # data type matches event name
     assert payloads[0]["message"]["content"] == []
     assert "".join(p["delta"]["text"] for p in payloads[2:-3]) == text
     assert all(p["delta"]["type"] == "text_delta" and p["index"] == 0 for p in payloads[2:-3])
@@ -130,7 +130,8 @@ def test_anthropic_probe_routes_count_tokens_and_404() -> None:
     with FakeAnthropicServer() as server:
         assert http("HEAD", server.url + "/")[0] == 200
         assert http("GET", server.url + "/")[0] == 200
-        status, _, raw = http("POST", server.url + "/v1/messages/count_tokens?beta=true", anthropic_body("one two three"))
+        count_url = server.url + "/v1/messages/count_tokens?beta=true"
+        status, _, raw = http("POST", count_url, anthropic_body("one two three"))
         assert status == 200 and json.loads(raw) == {"input_tokens": 3}
         status, _, raw = http("GET", server.url + "/nope")
         assert status == 404 and json.loads(raw)["type"] == "error"
@@ -395,6 +396,6 @@ def test_a_closed_server_can_start_again():
     server.start()
     server.close()
     with pytest.raises(RuntimeError, match="not started"):
-        server.url  # no stale address
+        _ = server.url  # no stale address
     with server:
         assert server.url.startswith("http://127.0.0.1:")

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Callable, List
+from collections.abc import Callable
 
 from toolpool import ReplAdapter
 
@@ -23,7 +23,7 @@ MARK = f"TOOLPOOL_TEST_MARK={uuid.uuid4().hex}"
 os.environ[MARK.split("=")[0]] = MARK.split("=")[1]
 
 
-def fake_cmd(*flags: str) -> List[str]:
+def fake_cmd(*flags: str) -> list[str]:
     return [sys.executable, "-u", FAKETOOL, *flags]
 
 
@@ -32,7 +32,7 @@ def fake_adapter(*flags: str, **kwargs) -> ReplAdapter:
     return ReplAdapter(fake_cmd(*flags), prompt=r"tp> $", **kwargs)
 
 
-def marked_processes() -> List[int]:
+def marked_processes() -> list[int]:
     """Pids (other than ours) whose environment carries this run's marker."""
     me = os.getpid()
     found = []
@@ -52,7 +52,7 @@ def marked_processes() -> List[int]:
     return found
 
 
-def zombie_children() -> List[int]:
+def zombie_children() -> list[int]:
     me = str(os.getpid()).encode()
     zombies = []
     for name in os.listdir("/proc"):

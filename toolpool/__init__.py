@@ -2,17 +2,29 @@
 
 import logging
 
-from .adapters import (Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter)
+from .adapters import Adapter, DemoAdapter, ReplAdapter, adapter_names, create_adapter, register_adapter
 from .adapters.command import CommandAdapter
 from .dispatch import Lease
-from .supervision import RestartPolicy
-from .errors import (AcquireTimeout, InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull, ProtocolError,
-                     ResponseTimeout, ResponseTooLarge, SpawnError, ToolNotFoundError, ToolPoolError)
+from .errors import (
+    AcquireTimeout,
+    InstanceBusy,
+    InstanceCrashed,
+    InstanceUnavailable,
+    PoolClosed,
+    PoolFull,
+    ProtocolError,
+    ResponseTimeout,
+    ResponseTooLarge,
+    SpawnError,
+    ToolNotFoundError,
+    ToolPoolError,
+)
 from .instance import Instance
 from .pool import ToolProcessPool
 from .redact import install_log_redaction
 from .response import Response, Timings
 from .states import State
+from .supervision import RestartPolicy
 
 __version__ = "0.1.0"
 

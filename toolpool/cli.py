@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from . import __version__
 from .adapters import adapter_names, create_adapter
@@ -141,8 +142,8 @@ def _adapter_error(tool: str, exc: TypeError) -> str:
     return f"cannot set up tool {tool!r}: {exc}{listed}"
 
 
-def _record(prompt: str, position: int, fut: "cf.Future[Response]") -> Dict[str, Any]:
-    rec: Dict[str, Any] = {"n": position, "prompt": prompt}
+def _record(prompt: str, position: int, fut: cf.Future[Response]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"n": position, "prompt": prompt}
     if fut.cancelled():
         rec.update(ok=False, error="cancelled", text=None, instance=None, timings=None)
         return rec
@@ -176,7 +177,7 @@ class _Progress:
             except ImportError:  # pragma: no cover - tqdm is a dependency
                 pass
 
-    def update(self, rec: Dict[str, Any]) -> None:
+    def update(self, rec: dict[str, Any]) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -193,12 +194,12 @@ class _Progress:
             self.bar.close()
 
 
-def _summary(records: Iterable[Dict[str, Any]], total: int, elapsed: float, stream: TextIO) -> None:
+def _summary(records: Iterable[dict[str, Any]], total: int, elapsed: float, stream: TextIO) -> None:
     records = list(records)
     ok = sum(r["ok"] for r in records)
     failed = len(records) - ok
     times = sorted(r["timings"]["total"] for r in records if r["timings"])
-    per_instance: Dict[Any, int] = {}
+    per_instance: dict[Any, int] = {}
     for r in records:
         if r["instance"] is not None:
             per_instance[r["instance"]] = per_instance.get(r["instance"], 0) + 1
@@ -328,10 +329,10 @@ def _version(path: str) -> str:
     return text[0] if text else f"unknown (exit {out.returncode})"
 
 
-def doctor_report() -> List[Dict[str, Any]]:
+def doctor_report() -> list[dict[str, Any]]:
     """What would work here: one entry per adapter with problems and fixes."""
     env = os.environ
-    rows: List[Dict[str, Any]] = [{"tool": "demo", "executable": sys.executable, "found": True,
+    rows: list[dict[str, Any]] = [{"tool": "demo", "executable": sys.executable, "found": True,
                                    "version": f"built in (toolpool {__version__})", "problems": []}]
     claude = find_tool("claude")
     problems = []
@@ -411,7 +412,7 @@ def cmd_status(args: argparse.Namespace) -> int:
              (i["last_error"] or "").splitlines()[0][:60] if i["last_error"] else "") for i in status["instances"]]
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         import logging

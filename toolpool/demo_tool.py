@@ -7,11 +7,15 @@ deterministic answer in small pieces, and prints the prompt again.  Commands:
 depends on nothing outside the standard library (it runs as a plain script).
 """
 
+from __future__ import annotations
+
 import argparse
 import hashlib
 import signal
 import sys
 import time
+from collections.abc import Sequence
+from types import FrameType
 
 PROMPT = "demo> "
 
@@ -26,7 +30,7 @@ def answer(prompt: str, turn: int) -> str:
     )
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="toolpool-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--think", type=float, default=0.05, help="seconds to 'think' per prompt")
     parser.add_argument("--startup", type=float, default=0.0, help="seconds to wait before the banner")
@@ -35,7 +39,7 @@ def main(argv=None) -> int:
 
     interrupted = False
 
-    def on_sigint(signum, frame):
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
         interrupted = True
 

@@ -8,7 +8,8 @@ work to the request path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Iterator, Mapping, Union
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -41,8 +42,8 @@ class PoolCollector(Collector):
     collector per registry, since each metric family may be registered once.
     """
 
-    def __init__(self, pool: "Union[ToolProcessPool, Mapping[str, ToolProcessPool]]", name: str = "default") -> None:
-        self.pools: Dict[str, "ToolProcessPool"] = dict(pool) if isinstance(pool, Mapping) else {name: pool}
+    def __init__(self, pool: ToolProcessPool | Mapping[str, ToolProcessPool], name: str = "default") -> None:
+        self.pools: dict[str, ToolProcessPool] = dict(pool) if isinstance(pool, Mapping) else {name: pool}
         if not self.pools:
             raise ValueError("PoolCollector needs at least one pool")
 
@@ -50,29 +51,27 @@ class PoolCollector(Collector):
         labels = ["pool", "tool"]
         snapshots = [([name, pool.adapter.name], pool.metrics.lifetime(), pool.check_health())
                      for name, pool in self.pools.items()]
-        for key, doc in _COUNTERS.items():
-            family = CounterMetricFamily(f"toolpool_{key}", doc, labels=labels)
+        counters = dict(_COUNTERS)
+        counters.update({f"bytes_{way}": f"Bytes {direction} tools"
+                         for way, direction in (("in", "written to"), ("out", "read from"))})
+        for key, doc in counters.items():
+            counter = CounterMetricFamily(f"toolpool_{key}", doc, labels=labels)
             for values, life, _ in snapshots:
-                family.add_metric(values, life["counters"][key])
-            yield family
-        for key, direction in (("bytes_in", "written to"), ("bytes_out", "read from")):
-            family = CounterMetricFamily(f"toolpool_{key}", f"Bytes {direction} tools", labels=labels)
-            for values, life, _ in snapshots:
-                family.add_metric(values, life["counters"][key])
-            yield family
+                counter.add_metric(values, life["counters"][key])
+            yield counter
         for key, doc in _HISTOGRAMS.items():
-            family = HistogramMetricFamily(f"toolpool_{key}_seconds", doc, labels=labels)
+            histogram = HistogramMetricFamily(f"toolpool_{key}_seconds", doc, labels=labels)
             for values, life, _ in snapshots:
                 hist = life["histograms"][key]
                 buckets = [("+Inf" if bound == float("inf") else repr(bound), count)
                            for bound, count in hist["buckets"]]
-                family.add_metric(values, buckets, hist["sum"])
-            yield family
-        family = GaugeMetricFamily("toolpool_instances", "Instances by condition", labels=labels + ["condition"])
+                histogram.add_metric(values, buckets, hist["sum"])
+            yield histogram
+        instances = GaugeMetricFamily("toolpool_instances", "Instances by condition", labels=[*labels, "condition"])
         for values, _, health in snapshots:
             for condition in ("total", "alive", "idle", "busy", "starting", "backoff", "fatal"):
-                family.add_metric(values + [condition], health[condition])
-        yield family
+                instances.add_metric([*values, condition], health[condition])
+        yield instances
         waiting = GaugeMetricFamily("toolpool_requests_waiting", "Requests queued for an instance", labels=labels)
         for values, _, health in snapshots:
             waiting.add_metric(values, health["waiting"])

@@ -87,7 +87,7 @@ def status_validator() -> Any:
     The status schema is self-contained (the instance schema is bundled under
     ``$defs``), so no registry and no network are needed.
     """
-    import jsonschema  # type: ignore[import-untyped]  # (no stubs in the test extra)
+    import jsonschema
 
     return jsonschema.Draft202012Validator(load_schema("pool_status.schema.json"))
 

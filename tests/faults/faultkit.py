@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from toolpool import RestartPolicy, ToolProcessPool
 
@@ -26,21 +26,21 @@ MB = 1024 * 1024
 QUICK_RESTARTS = RestartPolicy(initial=0.01, maximum=0.05, jitter=0.01, limit=10_000, window=60, stable_after=1)
 
 
-def gate_cmd(gate: str, *flags: str) -> List[str]:
+def gate_cmd(gate: str, *flags: str) -> list[str]:
     """faketool behind a gate file: every start while ``gate`` exists crashes (exit 4)."""
     return [sys.executable, "-u", GATE_TOOL, gate, *flags]
 
 
-def slow_cmd(delay_ms: float, *flags: str) -> List[str]:
+def slow_cmd(delay_ms: float, *flags: str) -> list[str]:
     """faketool whose echo answers take 0 to 2 x ``delay_ms`` ms, plus ``last-words N`` (see the tool)."""
     return [sys.executable, "-u", SLOW_TOOL, str(delay_ms), *flags]
 
 
-def tiny_cmd() -> List[str]:
+def tiny_cmd() -> list[str]:
     return ["/bin/sh", TINY_REPL]
 
 
-def pid_of(pool: ToolProcessPool, index: int) -> Optional[int]:
+def pid_of(pool: ToolProcessPool, index: int) -> int | None:
     return pool.get_status()["instances"][index]["pid"]
 
 
@@ -59,7 +59,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-def live_pids() -> List[int]:
+def live_pids() -> list[int]:
     """Pids in /proc, zombies excluded."""
     pids = []
     for name in os.listdir("/proc"):
@@ -75,7 +75,7 @@ def live_pids() -> List[int]:
     return pids
 
 
-def processes_running(needle: str) -> List[int]:
+def processes_running(needle: str) -> list[int]:
     """Live (non-zombie) pids whose command line contains ``needle``."""
     found = []
     for pid in live_pids():
@@ -89,7 +89,7 @@ def processes_running(needle: str) -> List[int]:
     return found
 
 
-def resume(pid: Optional[int]) -> None:
+def resume(pid: int | None) -> None:
     """SIGCONT a process we stopped, if it still exists."""
     if pid is None:
         return
@@ -121,7 +121,7 @@ class RssPeak:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, rss_bytes())
 
-    def __enter__(self) -> "RssPeak":
+    def __enter__(self) -> RssPeak:
         self._thread.start()
         return self
 

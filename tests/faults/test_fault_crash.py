@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from toolpool import InstanceCrashed, InstanceUnavailable, ReplAdapter, RestartPolicy
-
 from conftest import fake_adapter
 from faultkit import QUICK_RESTARTS, gate_cmd, pid_of, processes_running, slow_cmd, state_of, wait_for
+from toolpool import InstanceCrashed, InstanceUnavailable, ReplAdapter, RestartPolicy
 
 #: Start attempts end quickly: FATAL after the crash and 3 failed restarts.
 CRASH_LOOP = RestartPolicy(initial=0.01, maximum=0.05, jitter=0.01, limit=3, window=30, stable_after=5)
@@ -37,7 +36,8 @@ def test_1_sigkill_mid_response_reported_within_1s_then_restarted(make_pool, tra
         before = [i["bytes_out"] for i in pool.get_status()["instances"]]
         fut = pool.submit("partial")  # prints "half a line", then works forever
         index = next(i["index"] for i in pool.get_status()["instances"] if i["state"] == "BUSY")
-        wait_for(lambda: pool.get_status()["instances"][index]["bytes_out"] >= before[index] + len("half a line"),
+        wait_for(lambda index=index, before=before:
+                 pool.get_status()["instances"][index]["bytes_out"] >= before[index] + len("half a line"),
                  10, "the partial answer arrived")
         pid = pid_of(pool, index)
         t0 = time.monotonic()

@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from toolpool import ResponseTooLarge
-
 from conftest import fake_adapter
 from faultkit import MB, RssPeak, pid_of, state_of, wait_for
+from toolpool import ResponseTooLarge
 
 RSS_BOUND = 50 * MB
 

@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from toolpool import InstanceUnavailable, ResponseTimeout
-
 from conftest import fake_adapter, marked_processes, wait_until
 from faultkit import QUICK_RESTARTS, pid_of, resume, state_of, wait_for
+from toolpool import InstanceUnavailable, ResponseTimeout
 
 MARGIN = 1.0  # seconds a deadline may be overrun on a loaded machine
 

@@ -21,10 +21,9 @@ import time
 
 import pytest
 
-from toolpool import InstanceCrashed, ReplAdapter
-
 from conftest import marked_processes, open_fds, wait_until, zombie_children
 from faultkit import MB, QUICK_RESTARTS, rss_bytes, tiny_cmd, wait_for
+from toolpool import InstanceCrashed, ReplAdapter
 
 INSTANCES = 8
 CYCLES_A, CYCLES_B = 600, 400
@@ -78,7 +77,10 @@ def test_12_thousand_spawn_crash_restart_cycles_leave_nothing(baseline, make_poo
     t0 = time.monotonic()
     rss0 = rss_bytes()
     spawned = []
-    listener = (lambda event, info: spawned.append(info["pid"]) if event == "spawned" else None)
+
+    def listener(event: str, info: dict) -> None:
+        if event == "spawned":
+            spawned.append(info["pid"])
 
     # Phase A: pipes; crash by command, restart by hand.
     pool = make_pool(_adapter("pipe"), INSTANCES, restart=False, on_event=listener)

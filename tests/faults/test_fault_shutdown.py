@@ -5,10 +5,9 @@ import time
 
 import pytest
 
-from toolpool import InstanceUnavailable
-
 from conftest import fake_adapter, marked_processes, open_fds, wait_until, zombie_children
 from faultkit import wait_for
+from toolpool import InstanceUnavailable
 
 
 @pytest.mark.timeout(60)

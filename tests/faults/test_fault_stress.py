@@ -20,10 +20,9 @@ import uuid
 
 import pytest
 
-from toolpool import InstanceCrashed, ReplAdapter, Response, ToolPoolError
-
 from conftest import MARK
 from faultkit import QUICK_RESTARTS, slow_cmd, wait_for
+from toolpool import InstanceCrashed, ReplAdapter, Response, ToolPoolError
 
 THREADS, PER_THREAD, BATCH = 32, 30, 5
 CRASH_SHARE = 0.05

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +21,7 @@ from toolpool.testing import find_tool
 INSTALL_HINT = "run scripts/install-real-tools.sh"
 
 
-def _require(tool: str, path: Optional[str], env_var: str) -> str:
+def _require(tool: str, path: str | None, env_var: str) -> str:
     if path is not None:
         return path
     why = f"real {tool} not installed: {INSTALL_HINT}"
@@ -57,7 +57,7 @@ class ProxyTrap:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self._sock.settimeout(0.05)  # how fast close() is noticed
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.requests: List[bytes] = []  # the first bytes of each connection (e.g. b"CONNECT host:443 ...")
+        self.requests: list[bytes] = []  # the first bytes of each connection (e.g. b"CONNECT host:443 ...")
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="proxy-trap", daemon=True)
         self._thread.start()

@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -61,11 +62,11 @@ def adapter(aider_path: str, server: FakeOpenAIServer, trap: ProxyTrap, cwd: str
                         env=proxy, **kw)
 
 
-def generations(server: FakeOpenAIServer) -> List[Any]:
+def generations(server: FakeOpenAIServer) -> list[Any]:
     return [r for r in server.requests if r.path.endswith("/chat/completions")]
 
 
-def chat(request: Any) -> List[Dict[str, str]]:
+def chat(request: Any) -> list[dict[str, str]]:
     """The conversation part of a request (aider's own set-up messages dropped)."""
     return [m for m in request.messages if m["role"] in ("user", "assistant")]
 
@@ -84,7 +85,7 @@ def test_conversations_in_a_git_repo(aider_path, server, proxy_trap, git_repo, m
     started = time.monotonic() - t0
 
     # Two instances, three turns each, run side by side; each keeps its own context.
-    first_turn: List[float] = []
+    first_turn: list[float] = []
     for turn in range(3):
         futures = {i: pool.submit(f"instance {i} turn {turn}", timeout=30, instance=i) for i in (0, 1)}
         for i, fut in futures.items():

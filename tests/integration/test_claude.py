@@ -88,7 +88,7 @@ def test_instances_keep_their_own_context(make_pool, claude, server):
     (req,) = generations(server, "third")
     assert "a scripted answer" in all_text(req) and "hello from 0" in all_text(req)
 
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert a.session_id and a.session_id == b.session_id  # one session per instance
         assert a.is_error is False and a.num_turns == 1
         assert isinstance(a.cost_usd, float) and a.cost_usd > 0
