@@ -23,15 +23,21 @@ def test_run_demo_writes_jsonl_summary_and_status(tmp_path):
     res = toolpool("run", "-n", "2", "--prompt", "alpha", "--prompt", "beta gamma", "--out", str(out),
                    "--status-file", str(status), "--option", "think=0.01")
     assert res.returncode == 0, res.stderr
-    lines = [json.loads(l) for l in out.read_text().splitlines()]
-    assert sorted(l["prompt"] for l in lines) == ["alpha", "beta gamma"]
+    lines = [json.loads(text) for text in out.read_text().splitlines()]
+    assert sorted(line["prompt"] for line in lines) == ["alpha", "beta gamma"]
     for line in lines:
         assert line["ok"] and line["error"] is None and line["instance"] in (0, 1)
         assert line["text"].startswith("[turn 1] You asked: " + line["prompt"])
         assert set(line["timings"]) >= {"queued", "acquire", "spawn", "first_byte", "total", "warm"}
     assert "[2/2]" in res.stderr and "succeeded     2" in res.stderr  # plain progress lines, no tty
+    # the status file holds the end state: written after the pool shut down, every instance stopped
+    final = json.loads(status.read_text())
+    assert final["closed"] is True
+    assert [i["state"] for i in final["instances"]] == ["STOPPED", "STOPPED"]
+    assert sum(i["requests"] for i in final["instances"]) == 2
     shown = toolpool("status", str(status))
-    assert shown.returncode == 0 and "IDLE" in shown.stdout and "tool demo" in shown.stdout
+    assert shown.returncode == 0 and "tool demo" in shown.stdout and "(closed)" in shown.stdout
+    assert shown.stdout.count("STOPPED") == 2 and "IDLE" not in shown.stdout
 
 
 def test_run_reads_prompts_from_stdin_and_fails_nonzero_on_errors():
@@ -45,10 +51,20 @@ def test_run_reads_prompts_from_stdin_and_fails_nonzero_on_errors():
     assert "failed        1" in res.stderr
 
 
-def test_run_sample_batch_by_default_and_python_dash_m():
-    res = toolpool("run", "-n", "3")
+def test_run_without_prompts_exits_2_before_starting_any_tool(tmp_path):
+    """No invented sample prompts: nothing to do is a usage error, and no tool process is started for it."""
+    started = tmp_path / "started"
+    # a one-shot tool that leaves a mark when it runs, so a started process is seen even if it answers nothing
+    tool = ["--tool", "command", "--option",
+            "command=" + json.dumps([sys.executable, "-c", f"open({str(started)!r}, 'a').close(); print('ok')"])]
+    res = toolpool("run", "-n", "3", *tool)
+    assert res.returncode == 2, res.stderr
+    assert "no prompts" in res.stderr and "Traceback" not in res.stderr and res.stdout == ""
+    assert not started.exists()
+    # the same command with a prompt does start the tool: the mark above can appear
+    res = toolpool("run", "-n", "1", *tool, "--prompt", "go")
     assert res.returncode == 0, res.stderr
-    assert len(res.stdout.splitlines()) == 6 and "sample batch" in res.stderr
+    assert started.exists() and json.loads(res.stdout)["text"] == "ok"
 
 
 def test_ctrl_c_keeps_finished_results(tmp_path):
@@ -63,7 +79,7 @@ def test_ctrl_c_keeps_finished_results(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    kept = [json.loads(l) for l in out.read_text().splitlines()]
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert 2 <= len(kept) < 40 and all(r["ok"] for r in kept)
     assert "interrupted" in err and "not run" in err
 
@@ -97,8 +113,9 @@ def test_doctor_lists_every_adapter():
 def test_progress_bar_on_a_terminal():
     import pexpect
 
+    prompts = [arg for n in range(6) for arg in ("--prompt", f"task {n}")]  # "prompt" on screen is tqdm's unit
     child = pexpect.spawn(sys.executable, ["-m", "toolpool", "run", "-n", "2", "--option", "think=0.05",
-                                           "--out", os.devnull],
+                                           *prompts, "--out", os.devnull],
                           cwd=ROOT, env=dict(os.environ, COLUMNS="100"), dimensions=(24, 100), timeout=60,
                           encoding="utf-8")
     child.expect(pexpect.EOF)
