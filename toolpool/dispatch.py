@@ -20,12 +20,24 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import logging
+import random
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .adapters.base import EventCallback
-from .errors import (AcquireTimeout, InstanceBusy, InstanceCrashed, InstanceUnavailable, PoolClosed, PoolFull,
-                     ResponseTimeout, ResponseTooLarge, ToolPoolError)
+from .errors import (
+    AcquireTimeout,
+    BudgetExceeded,
+    InstanceBusy,
+    InstanceCrashed,
+    InstanceUnavailable,
+    PoolClosed,
+    PoolFull,
+    ResponseTimeout,
+    ResponseTooLarge,
+    ToolPoolError,
+)
 from .response import Response, Timings
 from .scheduler import Scheduler, Timer
 from .slots import Slot, SlotTable
@@ -54,22 +66,22 @@ class Request:
     __slots__ = ("kind", "prompt", "data", "future", "timeout", "deadline", "created", "on_event", "timer",
                  "retries", "target", "holder", "slot", "turn", "state")
 
-    def __init__(self, kind: str, prompt: Optional[str], data: Optional[bytes], timeout: Optional[float],
-                 on_event: Optional[EventCallback] = None, retries: int = 0, target: Optional[int] = None,
-                 holder: Optional[object] = None) -> None:
+    def __init__(self, kind: str, prompt: str | None, data: bytes | None, timeout: float | None,
+                 on_event: EventCallback | None = None, retries: int = 0, target: int | None = None,
+                 holder: object | None = None) -> None:
         self.kind = kind
         self.prompt = prompt
         self.data = data
-        self.future: "cf.Future[Any]" = cf.Future()
+        self.future: cf.Future[Any] = cf.Future()
         self.timeout = timeout
         self.created = time.perf_counter()
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_event = on_event
-        self.timer: Optional[Timer] = None
+        self.timer: Timer | None = None
         self.retries = retries
         self.target = target
         self.holder = holder
-        self.slot: Optional[Slot] = None
+        self.slot: Slot | None = None
         self.turn = 0  # the instance's turn number once sent
         self.state = QUEUED
 
@@ -77,8 +89,9 @@ class Request:
 class Dispatcher:
     """Hands requests to slots; see the module docs."""
 
-    def __init__(self, table: SlotTable, scheduler: Scheduler, stats: "Stats", *, max_waiting: int,
-                 interrupt_grace: float, retry_on_crash: bool) -> None:
+    def __init__(self, table: SlotTable, scheduler: Scheduler, stats: Stats, *, max_waiting: int,
+                 interrupt_grace: float, retry_on_crash: bool, max_cost_usd: float | None = None,
+                 max_requests_per_minute: int | None = None) -> None:
         self.table = table
         self.lock = table.lock  # one mutex for slots and queues
         self.scheduler = scheduler
@@ -86,17 +99,27 @@ class Dispatcher:
         self.max_waiting = max_waiting
         self.interrupt_grace = interrupt_grace
         self.retries = 1 if retry_on_crash else 0
-        self.supervisor: Optional["Supervisor"] = None  # set by the pool (they know each other)
-        self.queue: Deque[Request] = collections.deque()
+        self.supervisor: Supervisor | None = None  # set by the pool (they know each other)
+        self.queue: collections.deque[Request] = collections.deque()
         self.targeted = 0  # requests waiting in slots' own queues
-        self.closed: Optional[BaseException] = None
+        self.closed: BaseException | None = None
+        # One budget and one rate limit for the whole pool.
+        self.max_cost_usd = max_cost_usd
+        self.spent_usd = 0.0
+        self.max_per_minute = max_requests_per_minute
+        self._sent_at: collections.deque[float] = collections.deque()  # dispatch times within the last minute
+        self.paused_until = 0.0  # monotonic: no dispatch before (a rate limit was hit)
+        self._pause_timer: Timer | None = None
+        self._rate_strikes = 0  # rate limits in a row: the shared backoff doubles with each
 
     # ------------------------------------------------------------------ queueing
-    def submit(self, req: Request, bounded: bool = True) -> "cf.Future[Any]":
+    def submit(self, req: Request, bounded: bool = True) -> cf.Future[Any]:
         """Queue ``req``; raise :class:`PoolFull`/:class:`PoolClosed` at once."""
         with self.lock:
             if self.closed is not None:
                 raise PoolClosed("the pool has been shut down")
+            if self._over_budget():
+                raise BudgetExceeded(self.spent_usd, self.max_cost_usd or 0.0)
             if req.target is not None:
                 self.table[req.target].targeted.append(req)
                 self.targeted += 1
@@ -144,7 +167,7 @@ class Dispatcher:
         """Hand waiting requests to free, idle slots.  Safe to call from anywhere, any time."""
         if not self.queue and not self.targeted:  # unlocked peek: the common case after a completion
             return
-        grow: Optional[Slot] = None
+        grow: Slot | None = None
         while True:
             with self.lock:
                 if self.closed is not None:
@@ -164,8 +187,50 @@ class Dispatcher:
         elif self.queue or self.targeted:
             self.fail_if_hopeless()  # nothing free: is anything ever going to be?
 
-    def _pick(self) -> Optional["tuple[Request, Slot]"]:
+    def _pick(self) -> tuple[Request, Slot] | None:
         """Lock held.  The next (request, slot) pair, with the slot already taken for it."""
+        if self.paused_until or self.max_per_minute:
+            now = time.monotonic()
+            if self.max_per_minute:
+                while self._sent_at and now - self._sent_at[0] >= 60.0:
+                    self._sent_at.popleft()
+                if len(self._sent_at) >= self.max_per_minute:
+                    self._pause(self._sent_at[0] + 60.0)
+            if self.paused_until > now:
+                return None
+            self.paused_until = 0.0
+        picked = self._pick_now()
+        if picked is not None and self.max_per_minute and picked[0].kind == "prompt":
+            self._sent_at.append(time.monotonic())
+        return picked
+
+    def _pause(self, until: float) -> None:
+        """Lock held.  No dispatch before ``until`` (monotonic); a timer pumps then."""
+        if until <= self.paused_until:
+            return
+        self.paused_until = until
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+        self._pause_timer = self.scheduler.call_at(until, self.pump)
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """An instance hit a rate limit or an overloaded API: every instance waits, with one shared,
+        jittered backoff (doubling while it keeps happening) instead of each hammering on its own."""
+        with self.lock:
+            self._rate_strikes += 1
+            delay = min(60.0, 1.0 * 2 ** (self._rate_strikes - 1))
+            if retry_after is not None and retry_after == retry_after and retry_after > 0:
+                delay = max(delay, min(float(retry_after), 300.0))
+            delay *= random.uniform(1.0, 1.25)
+            self._pause(time.monotonic() + delay)
+        log.warning("rate limit: dispatch paused for %.1fs for every instance", delay, extra={"delay": delay})
+        self.stats.incr("rate_limited")
+
+    def _over_budget(self) -> bool:
+        """Lock held."""
+        return self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd
+
+    def _pick_now(self) -> tuple[Request, Slot] | None:
         for slot in self.table.slots:
             if not slot.active or slot.instance.state is not State.IDLE:
                 continue
@@ -208,7 +273,8 @@ class Dispatcher:
         # A process that became ready after the request arrived was started for it (or
         # for its turn in the queue): that wait is spawn time, not queueing.
         cold = inst.ready_at is not None and inst.ready_at > req.created
-        spawn = max(0.0, (inst.ready_at or 0.0) - max(req.created, inst.spawn_started_at or req.created)) if cold else 0.0
+        started = max(req.created, inst.spawn_started_at or req.created)
+        spawn = max(0.0, (inst.ready_at or 0.0) - started) if cold else 0.0
         timings = Timings(queued=max(0.0, waited - spawn), acquire=waited, spawn=spawn, warm=not cold)
         try:
             fut = inst.send(req.prompt or "", on_event=req.on_event, timings=timings, data=req.data, unread=False)
@@ -249,7 +315,7 @@ class Dispatcher:
             self.abandon(inst, turn, "its request timed out")
         fut.add_done_callback(lambda f: self._finished(req, slot, f))
 
-    def _finished(self, req: Request, slot: Slot, fut: "cf.Future[Any]") -> None:
+    def _finished(self, req: Request, slot: Slot, fut: cf.Future[Any]) -> None:
         exc = fut.exception()
         inst = slot.instance
         with self.lock:
@@ -276,8 +342,8 @@ class Dispatcher:
         if self.supervisor is not None and inst.state is State.IDLE:
             self.supervisor.idle_soon(slot)
 
-    def _complete(self, req: Request, result: Optional[Response] = None,
-                  exc: Optional[BaseException] = None) -> bool:
+    def _complete(self, req: Request, result: Response | None = None,
+                  exc: BaseException | None = None) -> bool:
         """End a request: count it, then resolve the caller's future (first outcome wins).
 
         Counting first means that a caller who sees the result also sees it
@@ -291,6 +357,8 @@ class Dispatcher:
             self.stats.record({"requests": 1, "errors": 1, "timeouts": int(isinstance(exc, ResponseTimeout))})
         elif result is not None:
             self.stats.record({"requests": 1, "bytes_out": len(result.raw)}, {"response": result.elapsed})
+            if result.cost_usd or self._rate_strikes:
+                self._account(result)
         else:
             self.stats.record({"requests": 1})
         try:
@@ -301,6 +369,31 @@ class Dispatcher:
         except cf.InvalidStateError:  # cancelled meanwhile
             return False
         return True
+
+    def _account(self, result: Response) -> None:
+        """Spend and rate-limit bookkeeping of an answered request."""
+        spent_now = False
+        with self.lock:
+            if not result.is_error:
+                self._rate_strikes = 0  # the API answers again: the next limit starts the backoff afresh
+            cost = result.cost_usd
+            if isinstance(cost, (int, float)) and cost == cost and cost > 0:
+                self.spent_usd += float(cost)
+                spent_now = self._over_budget()
+        if spent_now:
+            self.fail_queued(BudgetExceeded(self.spent_usd, self.max_cost_usd or 0.0))
+
+    def fail_queued(self, exc: BaseException) -> None:
+        """Fail every queued request (running ones finish)."""
+        with self.lock:
+            waiting = list(self.queue)
+            self.queue.clear()
+            for slot in self.table:
+                waiting += slot.targeted
+                slot.targeted.clear()
+            self.targeted = 0
+        for req in waiting:
+            self._complete(req, exc=exc)
 
     # ------------------------------------------------------------------ the one expiry path
     def _expire(self, req: Request) -> None:
@@ -326,7 +419,7 @@ class Dispatcher:
         if slot is not None and not queued and turn:
             self.abandon(slot.instance, turn, "its request timed out")
 
-    def abandon(self, inst: "Instance", turn: int, why: str) -> None:
+    def abandon(self, inst: Instance, turn: int, why: str) -> None:
         """Nobody waits for request turn ``turn`` any more: cut it short, and replace the
         process if the tool is still on that turn ``interrupt_grace`` seconds later."""
         if not turn or not inst.interrupt(expect_turn=turn):
@@ -337,7 +430,7 @@ class Dispatcher:
                 inst, turn, f"did not stop within interrupt_grace={self.interrupt_grace}s after {why}"))
 
     # ------------------------------------------------------------------ leases
-    def acquire(self, lease: object, timeout: Optional[float]) -> Slot:
+    def acquire(self, lease: object, timeout: float | None) -> Slot:
         """Wait (FIFO, with ``submit``) for a slot for ``lease``.  Ctrl-C safe: nothing is left behind."""
         req = Request("lease", None, None, None, holder=lease)
         future = self.submit(req, bounded=True)
@@ -412,7 +505,7 @@ class Dispatcher:
             dead = {slot.index for slot in self.table if _hopeless(slot, supervisor)}
             growable = any(not slot.active and slot.instance.state is State.STOPPED for slot in self.table)
             everyone = len(dead) == len(self.table) and not growable and not (supervisor and supervisor.growing)
-            failed: List[Request] = []
+            failed: list[Request] = []
             if everyone:
                 failed += list(self.queue)
                 self.queue.clear()
@@ -431,20 +524,15 @@ class Dispatcher:
         """Fail every queued request with ``exc``; later submits raise :class:`PoolClosed`."""
         with self.lock:
             self.closed = exc
-            waiting = list(self.queue)
-            self.queue.clear()
-            for slot in self.table:
-                waiting += slot.targeted
-                slot.targeted.clear()
-            self.targeted = 0
-        for req in waiting:
-            self._complete(req, exc=exc)
+            if self._pause_timer is not None:
+                self._pause_timer.cancel()
+        self.fail_queued(exc)
 
     def waiting(self) -> int:
         return len(self.queue) + self.targeted
 
 
-def _hopeless(slot: Slot, supervisor: Optional["Supervisor"]) -> bool:
+def _hopeless(slot: Slot, supervisor: Supervisor | None) -> bool:
     """Lock held.  True when ``slot`` will never take a request again without a caller's restart."""
     if not slot.active:
         return True
@@ -469,14 +557,14 @@ class Lease:
         self._dispatcher = dispatcher
         self._encode = encode
         self._is_closed = is_closed
-        self._slot: Optional[Slot] = None
+        self._slot: Slot | None = None
         self._released = False
 
     def _bind(self, slot: Slot) -> None:
         self._slot = slot
 
     @property
-    def instance(self) -> "Instance":
+    def instance(self) -> Instance:
         assert self._slot is not None, "lease not acquired"
         return self._slot.instance
 
@@ -485,29 +573,29 @@ class Lease:
         assert self._slot is not None, "lease not acquired"
         return self._slot.index
 
-    def _check(self) -> "Instance":
+    def _check(self) -> Instance:
         if self._released:
             raise ToolPoolError(f"this lease of instance {self.index} was released; take a new one")
         if self._is_closed():
             raise PoolClosed("the pool has been shut down")
         return self.instance
 
-    def send(self, prompt: str, *, on_event: Optional[EventCallback] = None) -> "cf.Future[Response]":
+    def send(self, prompt: str, *, on_event: EventCallback | None = None) -> cf.Future[Response]:
         """Send ``prompt`` now and return a Future; the response is also kept for :meth:`read`."""
         inst = self._check()
         return inst.send(prompt, on_event=on_event, data=self._encode(prompt))
 
-    def read(self, timeout: Optional[float] = None) -> Response:
+    def read(self, timeout: float | None = None) -> Response:
         return self._check().read(timeout)
 
-    def ask(self, prompt: str, timeout: Optional[float] = None, *,
-            on_event: Optional[EventCallback] = None) -> Response:
+    def ask(self, prompt: str, timeout: float | None = None, *,
+            on_event: EventCallback | None = None) -> Response:
         """Send ``prompt`` and wait at most ``timeout`` s; on timeout the response stays pending."""
         inst = self._check()
         return inst.ask(prompt, timeout, on_event=on_event, data=self._encode(prompt))
 
-    def submit(self, prompt: str, on_event: Optional[EventCallback] = None,
-               timeout: Optional[float] = None) -> "cf.Future[Response]":
+    def submit(self, prompt: str, on_event: EventCallback | None = None,
+               timeout: float | None = None) -> cf.Future[Response]:
         """Queue ``prompt``; it is sent after every earlier one is answered.
 
         ``timeout`` covers waiting plus answering (:class:`ResponseTimeout`
@@ -521,7 +609,7 @@ class Lease:
     def interrupt(self) -> bool:
         return self._check().interrupt()
 
-    def status(self) -> Dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         return self.instance.status()
 
     def release(self) -> None:
@@ -530,7 +618,7 @@ class Lease:
         self._released = True
         self._dispatcher.release(self, self._slot)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -7,8 +7,6 @@ where there is one, the fix.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .redact import redact_text
 
 
@@ -34,7 +32,7 @@ class SpawnError(ToolPoolError):
     ``stderr_tail`` are redacted (a tool may print the key it was given).
     """
 
-    def __init__(self, message: str, exit_code: Optional[int] = None, stderr_tail: str = "") -> None:
+    def __init__(self, message: str, exit_code: int | None = None, stderr_tail: str = "") -> None:
         message, stderr_tail = redact_text(message), redact_text(stderr_tail)
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
@@ -55,7 +53,7 @@ class ResponseTimeout(ToolPoolError, TimeoutError):
     """
 
     def __init__(self, message: str, partial: bytes = b"", phase: str = "response",
-                 index: Optional[int] = None) -> None:
+                 index: int | None = None) -> None:
         self.partial = partial
         self.phase = phase
         self.index = index  # the instance it ran on (None while still queued)
@@ -68,7 +66,7 @@ class InstanceCrashed(ToolPoolError):
     ``stderr_tail`` is redacted; ``partial`` is the tool's own output, as it came.
     """
 
-    def __init__(self, index: int, exit_code: Optional[int], stderr_tail: str = "", partial: bytes = b"") -> None:
+    def __init__(self, index: int, exit_code: int | None, stderr_tail: str = "", partial: bytes = b"") -> None:
         stderr_tail = redact_text(stderr_tail)
         self.index = index
         self.exit_code = exit_code
@@ -114,3 +112,13 @@ class ProtocolError(ToolPoolError):
 
 class AcquireTimeout(ToolPoolError, TimeoutError):
     """No instance became free for a lease within its timeout."""
+
+
+class BudgetExceeded(ToolPoolError):
+    """The pool's ``max_cost_usd`` is spent: queued and new requests fail (running ones finish)."""
+
+    def __init__(self, spent: float, limit: float) -> None:
+        self.spent = spent
+        self.limit = limit
+        super().__init__(f"the pool's budget is spent: ${spent:.4f} of max_cost_usd=${limit:.4f}; no more "
+                         "requests are sent (raise max_cost_usd, or make a new pool)")

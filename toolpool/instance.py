@@ -36,15 +36,23 @@ import signal
 import termios
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from .adapters.base import Adapter, Control, Cut, EventCallback, Frame, Framer
-from .errors import (InstanceBusy, InstanceCrashed, InstanceUnavailable, ResponseTimeout, SpawnError,
-                     ToolNotFoundError, ToolPoolError)
-from .response import Response, Timings
-from .states import LIVE_STATES, State, check_transition
+from .adapters.base import RATE_LIMIT_EVENT, Adapter, Control, Cut, EventCallback, Frame, Framer
+from .errors import (
+    InstanceBusy,
+    InstanceCrashed,
+    InstanceUnavailable,
+    ResponseTimeout,
+    SpawnError,
+    ToolNotFoundError,
+    ToolPoolError,
+)
 from .redact import redact_text
+from .response import Response, Timings
 from .scheduler import Scheduler, Timer
+from .states import LIVE_STATES, State, check_transition
 from .streams import StopSignal, StreamReader, Tail, Writer
 from .timeouts import check_seconds
 from .transport import Transport, make_transport
@@ -56,9 +64,20 @@ _RESPONSE_FIELDS = {f.name for f in dataclasses.fields(Response)}
 #: crash report carries them.  Bounded: a grandchild may hold stderr open.
 STDERR_SETTLE = 0.1
 
-Listener = Callable[["Instance", str, Dict[str, Any]], None]
+Listener = Callable[["Instance", str, dict[str, Any]], None]
+
+
+class TurnHooks(Protocol):
+    """Work around every request turn (a pool's workspace: a snapshot before, the changes after)."""
+
+    def begin(self, slot: int) -> object:
+        """Before the prompt is written (caller's thread); returns a token for :meth:`end`."""
+
+    def end(self, slot: int, token: object, response: Response) -> None:
+        """After the turn answered, before its caller sees the Response (no lock held); may fill it."""
+
 CallLater = Callable[[float, Callable[[], None]], Timer]
-Completion = Tuple["cf.Future[Any]", Any, bool]  # (future, value, is_exception)
+Completion = tuple["cf.Future[Any]", Any, bool]  # (future, value, is_exception)
 
 
 class _TurnFuture(cf.Future):  # type: ignore[type-arg]
@@ -68,12 +87,12 @@ class _TurnFuture(cf.Future):  # type: ignore[type-arg]
     consumed = False
     number = 0  # the instance's turn number: to act on this turn only (interrupt, abandon)
 
-    def result(self, timeout: Optional[float] = None) -> Any:
+    def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
         self.consumed = True
         return value
 
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         exc = super().exception(timeout)
         self.consumed = True
         return exc
@@ -84,13 +103,14 @@ class _Turn:
     turn the tool started by itself ("tool")."""
 
     __slots__ = ("kind", "prompt", "future", "on_event", "created", "sent_at", "first_byte_at", "failed",
-                 "timings", "number", "cut_short")
+                 "timings", "number", "cut_short", "token")
 
-    def __init__(self, kind: str, prompt: Optional[str], on_event: Optional[EventCallback] = None,
-                 timings: Optional[Timings] = None, number: int = 0) -> None:
+    def __init__(self, kind: str, prompt: str | None, on_event: EventCallback | None = None,
+                 timings: Timings | None = None, number: int = 0) -> None:
         self.kind = kind
         self.number = number
         self.cut_short = False  # interrupted: its input must be fully consumed before reuse
+        self.token: object = None  # what TurnHooks.begin returned for it
         self.prompt = prompt
         self.future: _TurnFuture = _TurnFuture()
         self.future.number = number
@@ -98,7 +118,7 @@ class _Turn:
         self.on_event = on_event
         self.created = time.perf_counter()
         self.sent_at = self.created
-        self.first_byte_at: Optional[float] = None
+        self.first_byte_at: float | None = None
         self.failed = False
         self.timings = timings
 
@@ -112,14 +132,14 @@ class _Process:
         self.generation = generation
         self.stop = StopSignal()
         self.exited = threading.Event()
-        self.readers: List[StreamReader] = []
-        self.writer: Optional[Writer] = None
+        self.readers: list[StreamReader] = []
+        self.writer: Writer | None = None
         self.started_at = time.time()
         self.disposed = False
         self.dispose_lock = threading.Lock()
-        self.input_error: Optional[str] = None  # set when a write found the tool's input closed
-        self.retired: Optional[str] = None  # why this process is being replaced (never reused)
-        self.control: Optional[Control] = None
+        self.input_error: str | None = None  # set when a write found the tool's input closed
+        self.retired: str | None = None  # why this process is being replaced (never reused)
+        self.control: Control | None = None
 
 
 class Instance:
@@ -133,30 +153,37 @@ class Instance:
     schedules deferred work (the pool passes its scheduler's; alone, the
     instance runs a scheduler of its own, stopped with ``stop(final=True)``);
     ``run_call`` runs a framer's off-thread work (:attr:`Cut.calls`; the pool
-    passes a worker pool's ``submit``; alone, a thread per call).
+    passes a worker pool's ``submit``; alone, a thread per call);
+    ``working_dir(slot)`` overrides the adapter's working directory (a pool's
+    workspace); ``turn_hooks`` run around every request turn.
     """
 
-    def __init__(self, adapter: Adapter, index: int, listener: Optional[Listener] = None, *,
-                 on_idle: Optional[Callable[["Instance"], None]] = None,
-                 call_later: Optional[CallLater] = None,
-                 run_call: Optional[Callable[[Callable[[], None]], Any]] = None) -> None:
+    def __init__(self, adapter: Adapter, index: int, listener: Listener | None = None, *,
+                 on_idle: Callable[[Instance], None] | None = None,
+                 call_later: CallLater | None = None,
+                 run_call: Callable[[Callable[[], None]], Any] | None = None,
+                 working_dir: Callable[[int], str | None] | None = None,
+                 turn_hooks: TurnHooks | None = None) -> None:
         self.adapter = adapter
         self.index = index
         self._listener = listener
         self._on_idle = on_idle
         self._call_later = call_later
         self._run_call = run_call
-        self._own_scheduler: Optional[Scheduler] = None
+        self._working_dir = working_dir
+        self._hooks = turn_hooks
+        self._hook_work: list[tuple[object, Response]] = []  # (token, response): TurnHooks.end to run
+        self._own_scheduler: Scheduler | None = None
         self._lock = threading.Lock()
         self._state = State.STOPPED
-        self._proc: Optional[_Process] = None
+        self._proc: _Process | None = None
         self._generation = 0
         self._turn_number = 0
-        self._turns: Deque[_Turn] = collections.deque()  # sent, not yet answered
-        self._unread: Deque[_Turn] = collections.deque()  # requests not yet returned by read()
+        self._turns: collections.deque[_Turn] = collections.deque()  # sent, not yet answered
+        self._unread: collections.deque[_Turn] = collections.deque()  # requests not yet returned by read()
         self.stderr = Tail(adapter.stderr_tail_bytes)
         # Figures for status and stats.
-        self.started_at: Optional[float] = None
+        self.started_at: float | None = None
         self.restarts = 0
         self.requests = 0
         self.errors = 0
@@ -164,15 +191,15 @@ class Instance:
         self.bytes_out = 0
         self.unsolicited = 0
         self.retirements = 0
-        self.last_error: Optional[str] = None
-        self.last_exit_code: Optional[int] = None
-        self.busy_since: Optional[float] = None
+        self.last_error: str | None = None
+        self.last_exit_code: int | None = None
+        self.busy_since: float | None = None
         self.state_since = time.time()
         self.served = 0  # requests answered by the current process (for max_requests)
-        self.ready_at: Optional[float] = None  # perf_counter when the current process became ready
-        self.spawn_started_at: Optional[float] = None
+        self.ready_at: float | None = None  # perf_counter when the current process became ready
+        self.spawn_started_at: float | None = None
         self.last_output_at = time.monotonic()
-        self._idle_waiters: List[Callable[[], None]] = []
+        self._idle_waiters: list[Callable[[], None]] = []
         self._retired = False  # stopped for good (pool shut down): never start again
         self._stop_done = threading.Event()
 
@@ -182,7 +209,7 @@ class Instance:
         return self._state
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         proc = self._proc
         return proc.transport.pid if proc is not None and self._state in LIVE_STATES else None
 
@@ -236,14 +263,14 @@ class Instance:
                 return
         callback()
 
-    def _became_idle(self) -> List[Callable[[], None]]:
+    def _became_idle(self) -> list[Callable[[], None]]:
         """Lock held.  The waiters to run now that the instance is IDLE."""
         if self._state is not State.IDLE:
             return []
         waiters, self._idle_waiters = self._idle_waiters, []
         return waiters
 
-    def _idle_now(self, waiters: List[Callable[[], None]]) -> None:
+    def _idle_now(self, waiters: list[Callable[[], None]]) -> None:
         """Outside the lock, after a move to IDLE: tell who waits."""
         for waiter in waiters:
             waiter()
@@ -275,7 +302,7 @@ class Instance:
         return scheduler.call_later(delay, fn)
 
     # -------------------------------------------------------------- lifecycle
-    def start(self, timeout: Optional[float] = None) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Spawn the tool and wait until it is ready (and warmed up).
 
         Raises :class:`ToolNotFoundError` if the executable is missing, and
@@ -300,7 +327,7 @@ class Instance:
             self._dispose(old, grace=0.0)
         t0 = time.perf_counter()
         self.spawn_started_at = t0
-        proc: Optional[_Process] = None
+        proc: _Process | None = None
         try:
             proc, ready = self._spawn()
             if ready is not None:
@@ -329,11 +356,12 @@ class Instance:
         self._emit("ready", pid=proc.transport.pid, seconds=spawn_s, generation=proc.generation)
         self._idle_now(waiters)
 
-    def _spawn(self) -> Tuple[_Process, Optional[_Turn]]:
+    def _spawn(self) -> tuple[_Process, _Turn | None]:
         """Start a process; return it and the turn that completes when it is ready."""
         adapter = self.adapter
         transport = make_transport(adapter.transport, adapter.command(self.index),
-                                   adapter.environment(self.index), adapter.working_dir(self.index),
+                                   adapter.environment(self.index),
+                                   (self._working_dir or adapter.working_dir)(self.index),
                                    adapter_env=adapter.env,
                                    memory_max=getattr(adapter, "memory_max", None))
         try:
@@ -353,7 +381,7 @@ class Instance:
                                    functools.partial(self._control_in_turn, proc))
             with self._lock:
                 stopped = self._state is not State.STARTING  # stopped while we spawned: undo
-                ready: Optional[_Turn] = None
+                ready: _Turn | None = None
                 if not stopped:
                     self._proc = proc
                     self.stderr.clear()
@@ -384,8 +412,8 @@ class Instance:
                 proc.writer.write(hello)
         return proc, ready
 
-    def _new_turn(self, kind: str, prompt: Optional[str], on_event: Optional[EventCallback] = None,
-                  timings: Optional[Timings] = None) -> _Turn:
+    def _new_turn(self, kind: str, prompt: str | None, on_event: EventCallback | None = None,
+                  timings: Timings | None = None) -> _Turn:
         """Lock held."""
         self._turn_number += 1
         return _Turn(kind, prompt, on_event, timings, self._turn_number)
@@ -421,7 +449,7 @@ class Instance:
         """``text`` with secrets masked: the tool may echo a key it was given."""
         return redact_text(text)
 
-    def _abort_start(self, exc: BaseException, proc: Optional[_Process]) -> None:
+    def _abort_start(self, exc: BaseException, proc: _Process | None) -> None:
         """Undo a failed start: this attempt's process and turns only."""
         with self._lock:
             mine = proc is None or self._proc is proc
@@ -450,7 +478,7 @@ class Instance:
                         extra={"instance": self.index})
         self._emit("start_failed", error=self._redacted(str(exc)))
 
-    def restart(self, timeout: Optional[float] = None, stop_timeout: float = 5.0, why: str = "") -> None:
+    def restart(self, timeout: float | None = None, stop_timeout: float = 5.0, why: str = "") -> None:
         """Stop the current process (if any) and start a new one; see :meth:`start`.
 
         ``why`` is recorded in ``last_error`` and in the error of a request
@@ -474,7 +502,7 @@ class Instance:
         timeout = check_seconds("timeout", timeout, allow_none=False) or 0.0
         with self._lock:
             self._retired = self._retired or final
-            failed: List[Completion] = []
+            failed: list[Completion] = []
             if self._state is State.STOPPED:
                 waiters = self._take_all_waiters() if final else []
                 proc, done, other = None, None, None
@@ -514,11 +542,11 @@ class Instance:
         if final and self._own_scheduler is not None:
             self._own_scheduler.close()
 
-    def _take_all_waiters(self) -> List[Callable[[], None]]:
+    def _take_all_waiters(self) -> list[Callable[[], None]]:
         waiters, self._idle_waiters = self._idle_waiters, []
         return waiters
 
-    def retire(self, reason: str, expect_turn: Optional[int] = None) -> bool:
+    def retire(self, reason: str, expect_turn: int | None = None) -> bool:
         """Kill the current process so that it is replaced, never reused; False if nothing to do.
 
         For a process whose input is in an unknown state (a turn cut short
@@ -586,9 +614,9 @@ class Instance:
         proc.stop.close()
 
     # --------------------------------------------------------------- requests
-    def send(self, prompt: str, *, on_event: Optional[EventCallback] = None,
-             timings: Optional[Timings] = None, data: Optional[bytes] = None,
-             unread: bool = True) -> "cf.Future[Response]":
+    def send(self, prompt: str, *, on_event: EventCallback | None = None,
+             timings: Timings | None = None, data: bytes | None = None,
+             unread: bool = True) -> cf.Future[Response]:
         """Write ``prompt``; return a Future for its :class:`Response`.  Never blocks.
 
         ``data``: the prompt already encoded by the adapter (the pool encodes
@@ -605,15 +633,21 @@ class Instance:
         turn = self._send(prompt, data, kind="prompt", on_event=on_event, timings=timings, unread=unread)
         return turn.future
 
-    def _send(self, prompt: Optional[str], data: bytes, *, kind: str, on_event: Optional[EventCallback] = None,
-              timings: Optional[Timings] = None, state_ok: Tuple[State, ...] = (State.IDLE,),
+    def _send(self, prompt: str | None, data: bytes, *, kind: str, on_event: EventCallback | None = None,
+              timings: Timings | None = None, state_ok: tuple[State, ...] = (State.IDLE,),
               unread: bool = False) -> _Turn:
+        token = None
+        if self._hooks is not None and kind == "prompt":
+            if self._state not in state_ok:
+                raise self._not_ready_error()
+            token = self._hooks.begin(self.index)
         with self._lock:
             if self._state not in state_ok:
                 raise self._not_ready_error()
             proc = self._proc
             assert proc is not None and proc.writer is not None
             turn = self._new_turn(kind, prompt, on_event, timings)
+            turn.token = token
             self._turns.append(turn)
             if kind == "prompt":
                 if unread:  # only callers that will read() it back; dispatch holds the Future
@@ -651,7 +685,7 @@ class Instance:
         return InstanceUnavailable(f"instance {self.index} is {state.value}{detail}, not ready for a prompt; "
                                    f"restart_instance({self.index}) starts it again")
 
-    def read(self, timeout: Optional[float] = None) -> Response:
+    def read(self, timeout: float | None = None) -> Response:
         """Wait for the oldest unread response of this instance.
 
         Blocks at most ``timeout`` seconds (None: until it arrives).  On timeout
@@ -672,7 +706,7 @@ class Instance:
         while self._unread and self._unread[0].future.done() and self._unread[0].future.consumed:
             self._unread.popleft()
 
-    def _wait(self, turn: _Turn, timeout: Optional[float]) -> Response:
+    def _wait(self, turn: _Turn, timeout: float | None) -> Response:
         try:
             result: Response = turn.future.result(timeout)
             return result
@@ -695,8 +729,8 @@ class Instance:
                     except ValueError:
                         pass  # another reader returned it already
 
-    def ask(self, prompt: str, timeout: Optional[float] = None, *, on_event: Optional[EventCallback] = None,
-            data: Optional[bytes] = None) -> Response:
+    def ask(self, prompt: str, timeout: float | None = None, *, on_event: EventCallback | None = None,
+            data: bytes | None = None) -> Response:
         """Send ``prompt`` and wait at most ``timeout`` seconds for *its* response.
 
         On timeout the response stays pending for a later :meth:`read`.
@@ -740,7 +774,7 @@ class Instance:
         except OSError:
             return False  # input closed (one-shot tools): nothing more will be read
 
-    def interrupt(self, expect_turn: Optional[int] = None) -> bool:
+    def interrupt(self, expect_turn: int | None = None) -> bool:
         """Cancel the request turn in progress.  False if there is nothing to cancel.
 
         ``expect_turn``: only if that turn (a :attr:`current_turn` value) is
@@ -798,7 +832,7 @@ class Instance:
             self._on_write_error(proc, exc)
 
     # ------------------------------------------------- reader-thread callbacks
-    def _on_data(self, proc: _Process, chunk: bytes) -> Optional[float]:
+    def _on_data(self, proc: _Process, chunk: bytes) -> float | None:
         with self._lock:
             if proc is not self._proc:
                 return None
@@ -817,8 +851,10 @@ class Instance:
             self._write(proc, cut.send)
         for call in cut.calls:
             self._call(proc, call)
-        if cut.events and head is not None and head.on_event is not None:
-            self._stream(head, cut.events)
+        if cut.events:
+            self._events(head, cut.events)
+        if self._hook_work:
+            self._end_hooks()
         self._resolve(done)
         self._after_frames(proc, unsolicited, retire)
         if interrupt:
@@ -838,6 +874,8 @@ class Instance:
             waiters = self._became_idle() if idle else []
         if cut.send:
             self._write(proc, cut.send)
+        if self._hook_work:
+            self._end_hooks()
         self._resolve(done)
         self._after_frames(proc, unsolicited, retire)
         if idle:
@@ -862,7 +900,7 @@ class Instance:
                 return
         threading.Thread(target=run, name=f"toolpool-call-{self.index}", daemon=True).start()
 
-    def _after_frames(self, proc: _Process, unsolicited: List[Response], retire: Optional[str]) -> None:
+    def _after_frames(self, proc: _Process, unsolicited: list[Response], retire: str | None) -> None:
         for response in unsolicited:
             log.info("instance %d: the tool ran a turn by itself (%d bytes); passed to subscribers",
                      self.index, len(response.raw), extra={"instance": self.index})
@@ -870,13 +908,28 @@ class Instance:
         if retire is not None:
             self.retire(retire)
 
-    def _stream(self, turn: _Turn, events: List[Dict[str, Any]]) -> None:
-        assert turn.on_event is not None
+    def _events(self, turn: _Turn | None, events: list[dict[str, Any]]) -> None:
+        """Stream events to the running request's callback; a rate limit also goes to the listener."""
+        callback = turn.on_event if turn is not None else None
         for event in events:
+            if event.get("type") == RATE_LIMIT_EVENT:
+                self._emit("rate_limited", status=event.get("status"), retry_after=event.get("retry_after"))
+            if callback is not None:
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("on_event callback failed (instance %d)", self.index)
+
+    def _end_hooks(self) -> None:
+        with self._lock:
+            work, self._hook_work = self._hook_work, []
+        assert self._hooks is not None
+        for token, response in work:
             try:
-                turn.on_event(event)
-            except Exception:
-                log.exception("on_event callback failed (instance %d)", self.index)
+                self._hooks.end(self.index, token, response)
+            except Exception as exc:
+                log.exception("instance %d: the turn hook failed", self.index)
+                response.meta["workspace_error"] = self._redacted(str(exc))
 
     def _on_stderr(self, proc: _Process, chunk: bytes) -> None:
         with self._lock:
@@ -913,6 +966,8 @@ class Instance:
                 self._set_state(State.EXITED)
         # Orphaned grandchildren go now, not at the next restart.
         proc.transport.signal_group(signal.SIGKILL)
+        if self._hook_work:
+            self._end_hooks()
         self._resolve(done)
         self._after_frames(proc, unsolicited, None)
         if not expected:
@@ -959,16 +1014,16 @@ class Instance:
         log.info("instance %d: the tool closed its input (%s)", self.index, exc, extra={"instance": self.index})
 
     # ------------------------------------------------------------- plumbing
-    def _apply(self, proc: _Process, cut: Cut) -> Tuple[List[Completion], List[Response], Optional[str]]:
+    def _apply(self, proc: _Process, cut: Cut) -> tuple[list[Completion], list[Response], str | None]:
         """Act on what the framer found; lock held.
 
         Returns the completions to resolve, the unsolicited responses to hand
         to the listener, and a reason to retire the process (a turn cut short
         whose input was not all consumed), all to act on outside the lock.
         """
-        done: List[Completion] = []
-        unsolicited: List[Response] = []
-        retire: Optional[str] = None
+        done: list[Completion] = []
+        unsolicited: list[Response] = []
+        retire: str | None = None
         if cut.tool_turn and self._state is State.IDLE and not self._turns:
             # The tool began a turn of its own: hold prompts back until it ends.
             self._turns.append(self._new_turn("tool", None))
@@ -1011,6 +1066,8 @@ class Instance:
         response = self._response(turn, frame)
         response.elapsed = now - turn.sent_at
         response.timings = timings
+        if self._hooks is not None:
+            self._hook_work.append((turn.token, response))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("instance %d answered in %.6fs (queued %.6fs, spawn %.6fs, first byte %s, %s)", self.index,
                       timings.total, timings.queued, timings.spawn,
@@ -1019,7 +1076,7 @@ class Instance:
                       extra={"instance": self.index, "timings": timings.as_dict()})
         return response
 
-    def _response(self, turn: Optional[_Turn], frame: Frame, unsolicited: bool = False) -> Response:
+    def _response(self, turn: _Turn | None, frame: Frame, unsolicited: bool = False) -> Response:
         response = Response(text=frame.text, raw=frame.raw, index=self.index, elapsed=0.0,
                             prompt=turn.prompt if turn is not None else None, unsolicited=unsolicited)
         for key, value in frame.fields.items():  # usually empty for REPLs
@@ -1034,9 +1091,9 @@ class Instance:
                 log.exception("adapter %s observe() failed (instance %d)", self.adapter.name, self.index)
         return response
 
-    def _take_turns(self, error: BaseException) -> List[Completion]:
+    def _take_turns(self, error: BaseException) -> list[Completion]:
         """Fail every outstanding turn with ``error``; lock held."""
-        done: List[Completion] = [(t.future, error, True) for t in self._turns if not t.failed]
+        done: list[Completion] = [(t.future, error, True) for t in self._turns if not t.failed]
         if done and any(t.kind == "prompt" for t in self._turns):
             self.errors += 1
             self.last_error = str(error)
@@ -1046,7 +1103,7 @@ class Instance:
         return done
 
     @staticmethod
-    def _resolve(done: List[Completion]) -> None:
+    def _resolve(done: list[Completion]) -> None:
         for future, value, is_exc in done:
             if future.done():
                 continue
@@ -1056,7 +1113,7 @@ class Instance:
                 future.set_result(value)
 
     # ---------------------------------------------------------------- status
-    def status(self) -> Dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         with self._lock:
             proc = self._proc
             alive = self._state in LIVE_STATES
@@ -1093,7 +1150,7 @@ class _StdoutSink:
     def __init__(self, instance: Instance, proc: _Process) -> None:
         self._i, self._p = instance, proc
 
-    def on_data(self, chunk: bytes) -> Optional[float]:
+    def on_data(self, chunk: bytes) -> float | None:
         return self._i._on_data(self._p, chunk)
 
     def on_quiet(self) -> None:
@@ -1113,7 +1170,7 @@ class _StderrSink:
     def __init__(self, instance: Instance, proc: _Process) -> None:
         self._i, self._p = instance, proc
 
-    def on_data(self, chunk: bytes) -> Optional[float]:
+    def on_data(self, chunk: bytes) -> float | None:
         self._i._on_stderr(self._p, chunk)
         return None
 

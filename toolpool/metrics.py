@@ -5,15 +5,16 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any
 
 #: Counters that ``pop_stats()`` resets, as psycopg_pool does.
 COUNTERS = ("requests", "errors", "timeouts", "crashes", "restarts", "spawns_warm", "spawns_cold",
-            "bytes_in", "bytes_out", "requests_queued", "requests_rejected", "requests_cancelled")
+            "bytes_in", "bytes_out", "requests_queued", "requests_rejected", "requests_cancelled",
+            "unsolicited", "rate_limited")
 #: Latencies, in seconds, summarised as count/mean/p50/p95/max.
 LATENCIES = ("queue_wait", "response")
 #: Histogram bucket upper bounds (seconds) for Prometheus: lifetime counts, never reset.
-BUCKETS: Tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                               120.0, 300.0, float("inf"))
 #: Latest samples kept per latency for percentiles: bounded memory.
 RESERVOIR = 4096
@@ -23,7 +24,7 @@ class _Latency:
     __slots__ = ("samples", "count", "total", "maximum", "life_count", "life_sum", "buckets")
 
     def __init__(self) -> None:
-        self.samples: Deque[float] = collections.deque(maxlen=RESERVOIR)
+        self.samples: collections.deque[float] = collections.deque(maxlen=RESERVOIR)
         self.count = 0
         self.total = 0.0
         self.maximum = 0.0
@@ -40,7 +41,7 @@ class _Latency:
         self.life_sum += value
         self.buckets[bisect.bisect_left(BUCKETS, value)] += 1
 
-    def summary(self) -> Dict[str, float]:
+    def summary(self) -> dict[str, float]:
         ordered = sorted(self.samples)
 
         def pct(p: float) -> float:
@@ -74,7 +75,7 @@ class Stats:
         with self._lock:
             self._latency[name].add(seconds)
 
-    def record(self, counts: Dict[str, int], seconds: Optional[Dict[str, float]] = None) -> None:
+    def record(self, counts: dict[str, int], seconds: dict[str, float] | None = None) -> None:
         """Several counters and latencies at once: one lock round-trip on the request path."""
         with self._lock:
             for name, n in counts.items():
@@ -84,9 +85,9 @@ class Stats:
                 for name, value in seconds.items():
                     self._latency[name].add(value)
 
-    def snapshot(self, reset: bool = False) -> Dict[str, Any]:
+    def snapshot(self, reset: bool = False) -> dict[str, Any]:
         with self._lock:
-            out: Dict[str, Any] = dict(self._counters)
+            out: dict[str, Any] = dict(self._counters)
             for name, lat in self._latency.items():
                 out[name] = lat.summary()
             if reset:
@@ -95,14 +96,14 @@ class Stats:
                     lat.reset()
         return out
 
-    def lifetime(self) -> Dict[str, Any]:
+    def lifetime(self) -> dict[str, Any]:
         """Monotonic totals and histogram buckets, for Prometheus."""
         with self._lock:
-            hist: Dict[str, Dict[str, Any]] = {}
+            hist: dict[str, dict[str, Any]] = {}
             for name, lat in self._latency.items():
-                cumulative: List[Tuple[float, int]] = []
+                cumulative: list[tuple[float, int]] = []
                 running = 0
-                for bound, n in zip(BUCKETS, lat.buckets):
+                for bound, n in zip(BUCKETS, lat.buckets, strict=True):
                     running += n
                     cumulative.append((bound, running))
                 hist[name] = {"buckets": cumulative, "sum": lat.life_sum, "count": lat.life_count}

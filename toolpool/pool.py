@@ -24,13 +24,14 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from . import lifecycle
 from .adapters import Adapter, create_adapter
 from .adapters.base import EventCallback
 from .dispatch import Dispatcher, Lease, Request
-from .errors import AcquireTimeout, PoolClosed, ResponseTimeout, ToolNotFoundError
+from .errors import PoolClosed, ResponseTimeout, ToolNotFoundError
 from .instance import Instance
 from .metrics import Stats
 from .redact import adapter_secrets, redact, register_secrets, unregister_secrets
@@ -45,7 +46,7 @@ from .timeouts import MAX_WAIT, check_seconds
 log = logging.getLogger("toolpool.pool")
 
 STATUS_SCHEMA_VERSION = 1
-PoolListener = Callable[[str, Dict[str, Any]], None]
+PoolListener = Callable[[str, dict[str, Any]], None]
 
 
 def _on_pool_thread() -> bool:
@@ -94,14 +95,16 @@ class ToolProcessPool:
     ``info["response"]``).
     """
 
-    def __init__(self, adapter: Union[Adapter, str], count: Optional[int] = None, *,
-                 min_size: Optional[int] = None, max_size: Optional[int] = None,
-                 adapter_options: Optional[Mapping[str, Any]] = None, start_timeout: Optional[float] = None,
-                 max_waiting: int = 0, max_idle: Optional[float] = None, max_requests: Optional[int] = None,
-                 max_lifetime: Optional[float] = None, restart: Union[RestartPolicy, bool] = True,
-                 retry_on_crash: bool = False, stuck_timeout: Optional[float] = None,
-                 health_check_interval: Optional[float] = None, interrupt_grace: float = 5.0,
-                 on_event: Optional[PoolListener] = None) -> None:
+    def __init__(self, adapter: Adapter | str, count: int | None = None, *,
+                 min_size: int | None = None, max_size: int | None = None,
+                 adapter_options: Mapping[str, Any] | None = None, start_timeout: float | None = None,
+                 max_waiting: int = 0, max_idle: float | None = None, max_requests: int | None = None,
+                 max_lifetime: float | None = None, restart: RestartPolicy | bool = True,
+                 retry_on_crash: bool = False, stuck_timeout: float | None = None,
+                 health_check_interval: float | None = None, interrupt_grace: float = 5.0,
+                 on_event: PoolListener | None = None, workspace: Any = None,
+                 max_cost_usd: float | None = None, max_requests_per_minute: int | None = None,
+                 start_stagger: float = 0.0) -> None:
         self.min_size, self.max_size = _sizes(count, min_size, max_size)
         self.start_timeout = check_seconds("start_timeout", start_timeout, positive=True)
         self.max_idle = check_seconds("max_idle", max_idle, positive=True)
@@ -109,6 +112,14 @@ class ToolProcessPool:
         self.stuck_timeout = check_seconds("stuck_timeout", stuck_timeout, positive=True)
         self.health_check_interval = check_seconds("health_check_interval", health_check_interval, positive=True)
         self.interrupt_grace = check_seconds("interrupt_grace", interrupt_grace, allow_none=False) or 0.0
+        self.start_stagger = check_seconds("start_stagger", start_stagger, allow_none=False) or 0.0
+        if max_cost_usd is not None and (isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float))
+                                         or not 0 < max_cost_usd < float("inf")):
+            raise ValueError(f"max_cost_usd must be a finite number of dollars > 0 or None, got {max_cost_usd!r}")
+        if max_requests_per_minute is not None and (isinstance(max_requests_per_minute, bool)
+                                                    or not isinstance(max_requests_per_minute, int)
+                                                    or max_requests_per_minute < 1):
+            raise ValueError(f"max_requests_per_minute must be an int >= 1 or None, got {max_requests_per_minute!r}")
         if max_requests is not None and (isinstance(max_requests, bool) or not isinstance(max_requests, int)
                                          or max_requests < 1):
             raise ValueError(f"max_requests must be an int >= 1 or None, got {max_requests!r}")
@@ -135,22 +146,26 @@ class ToolProcessPool:
         self.retry_on_crash = retry_on_crash
         self.created_at = time.time()
         self._owner_pid = os.getpid()  # a forked child's copy must not stop the parent's tools
-        self._listeners: List[PoolListener] = [on_event] if on_event else []
+        self._listeners: list[PoolListener] = [on_event] if on_event else []
         self._stats = Stats()
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._shutdown_done = threading.Event()
-        self._shutdown_thread: Optional[threading.Thread] = None
+        self._shutdown_thread: threading.Thread | None = None
         self._scheduler = Scheduler()
         self._executor = cf.ThreadPoolExecutor(max_workers=self.max_size, thread_name_prefix="toolpool-spawn")
         # Answers to a tool's own requests (permission callbacks...): apart from spawns, so neither starves.
         self._workers = cf.ThreadPoolExecutor(max_workers=max(2, self.max_size), thread_name_prefix="toolpool-call")
+        self._workspace = _WorkspaceTurns(workspace) if workspace is not None else None
         instances = [Instance(adapter, i, self._on_instance_event, on_idle=self._on_idle,
-                              call_later=self._scheduler.call_later, run_call=self._workers.submit)
+                              call_later=self._scheduler.call_later, run_call=self._workers.submit,
+                              working_dir=self._workspace.path if self._workspace else None,
+                              turn_hooks=self._workspace)
                      for i in range(self.max_size)]
         self._table = SlotTable(instances, self.min_size)
         self._dispatcher = Dispatcher(self._table, self._scheduler, self._stats, max_waiting=max_waiting,
-                                      interrupt_grace=self.interrupt_grace, retry_on_crash=retry_on_crash)
+                                      interrupt_grace=self.interrupt_grace, retry_on_crash=retry_on_crash,
+                                      max_cost_usd=max_cost_usd, max_requests_per_minute=max_requests_per_minute)
         self._supervisor = Supervisor(
             self._table, self.policy, self._scheduler, self._executor, self._stats, self._notify,
             wake=self._dispatcher.pump, hopeless=self._dispatcher.fail_if_hopeless,
@@ -168,9 +183,16 @@ class ToolProcessPool:
     def _start_initial(self) -> None:
         """Start the first instances in parallel; raise only if all fail."""
         first = [slot.instance for slot in self._table.slots[: self.min_size]]
-        futures = [self._executor.submit(inst.start, self.start_timeout) for inst in first]
+
+        def start(inst: Instance) -> None:
+            if self.start_stagger and inst.index:
+                # Spaced out, so N tools do not all hit the API (or the disk) in the same instant.
+                self._shutdown_done.wait(self.start_stagger * inst.index)
+            inst.start(self.start_timeout)
+
+        futures = [self._executor.submit(start, inst) for inst in first]
         errors = [f.exception() for f in futures]
-        failed = [(inst, e) for inst, e in zip(first, errors) if e is not None]
+        failed = [(inst, e) for inst, e in zip(first, errors, strict=True) if e is not None]
         if len(failed) == len(first):
             raise failed[0][1]
         for inst, exc in failed:
@@ -186,7 +208,7 @@ class ToolProcessPool:
             raise TypeError(f"listener must be callable(name, info), got {type(listener).__name__}")
         self._listeners.append(listener)
 
-    def _notify(self, event: str, info: Dict[str, Any]) -> None:
+    def _notify(self, event: str, info: dict[str, Any]) -> None:
         # Redacted (stderr tails, errors), except the tool's own answer of an unsolicited turn.
         info = {k: v if k == "response" else redact(v) for k, v in info.items()}
         for listener in list(self._listeners):
@@ -195,7 +217,7 @@ class ToolProcessPool:
             except Exception:
                 log.exception("pool event listener failed on %s", event)
 
-    def _on_instance_event(self, inst: Instance, event: str, info: Dict[str, Any]) -> None:
+    def _on_instance_event(self, inst: Instance, event: str, info: dict[str, Any]) -> None:
         """From instances (reader threads, spawn threads): never blocks."""
         info = dict(info, index=inst.index)
         if event == "unsolicited":
@@ -205,6 +227,9 @@ class ToolProcessPool:
             self._supervisor.on_exited(inst, info)
         elif event == "ready":
             self._supervisor.on_ready(inst)
+        elif event == "rate_limited":
+            retry_after = info.get("retry_after")
+            self._dispatcher.rate_limited(retry_after if isinstance(retry_after, (int, float)) else None)
 
     def _on_idle(self, inst: Instance) -> None:
         slot = self._table[inst.index]
@@ -215,8 +240,8 @@ class ToolProcessPool:
     def _encode(self, prompt: str) -> bytes:
         return self.adapter.encode(prompt)
 
-    def submit(self, prompt: str, timeout: Optional[float] = None, *, on_event: Optional[EventCallback] = None,
-               instance: Optional[int] = None) -> "cf.Future[Response]":
+    def submit(self, prompt: str, timeout: float | None = None, *, on_event: EventCallback | None = None,
+               instance: int | None = None) -> cf.Future[Response]:
         """Queue ``prompt`` for the next idle instance; return a Future[Response].
 
         Requests are served in FIFO order.  ``timeout`` covers waiting plus
@@ -244,7 +269,7 @@ class ToolProcessPool:
             self._dispatcher.unclaim_index(slot)
             raise
 
-    def map(self, prompts: Iterable[str], timeout: Optional[float] = None, *,
+    def map(self, prompts: Iterable[str], timeout: float | None = None, *,
             return_exceptions: bool = False) -> Iterator[Response]:
         """Submit every prompt now; yield their responses in input order.
 
@@ -274,7 +299,7 @@ class ToolProcessPool:
         return results()
 
     @contextlib.contextmanager
-    def lease(self, timeout: Optional[float] = None) -> Iterator[Lease]:
+    def lease(self, timeout: float | None = None) -> Iterator[Lease]:
         """Hold one instance exclusively for several turns.
 
         Waits in the same FIFO queue as :meth:`submit`, at most ``timeout``
@@ -307,7 +332,7 @@ class ToolProcessPool:
             return self._table.claim(index, Owner.INDEX, reentrant=True)
 
     def send_prompt(self, index: int, prompt: str, *,
-                    on_event: Optional[EventCallback] = None) -> "cf.Future[Response]":
+                    on_event: EventCallback | None = None) -> cf.Future[Response]:
         """Send ``prompt`` to instance ``index`` and return at once.
 
         The returned Future resolves to the :class:`Response` (the same one
@@ -319,13 +344,13 @@ class ToolProcessPool:
         data = self._encode(prompt)
         slot = self._claim(index)
         try:
-            future: "cf.Future[Response]" = slot.instance.send(prompt, on_event=on_event, data=data)
+            future: cf.Future[Response] = slot.instance.send(prompt, on_event=on_event, data=data)
             return future
         except BaseException:
             self._dispatcher.unclaim_index(slot)
             raise
 
-    def read_response(self, index: int, timeout: Optional[float] = None) -> Response:
+    def read_response(self, index: int, timeout: float | None = None) -> Response:
         """Wait up to ``timeout`` seconds for instance ``index``'s pending response.
 
         Raises :class:`ResponseTimeout` (the response stays pending: read again
@@ -339,8 +364,8 @@ class ToolProcessPool:
         finally:
             self._dispatcher.unclaim_index(self._table[index])
 
-    def ask(self, index: int, prompt: str, timeout: Optional[float] = None, *,
-            on_event: Optional[EventCallback] = None) -> Response:
+    def ask(self, index: int, prompt: str, timeout: float | None = None, *,
+            on_event: EventCallback | None = None) -> Response:
         """:meth:`send_prompt` then wait at most ``timeout`` seconds for that prompt's response.
 
         On :class:`ResponseTimeout` the response stays pending for a later
@@ -351,7 +376,7 @@ class ToolProcessPool:
         data = self._encode(prompt)
         slot = self._claim(index)
         inst = slot.instance
-        future: Optional["cf.Future[Response]"] = None
+        future: cf.Future[Response] | None = None
         try:
             future = inst.send(prompt, on_event=on_event, data=data)
             return inst.read(timeout) if timeout is not None else future.result()
@@ -369,7 +394,7 @@ class ToolProcessPool:
         """Ask instance ``index`` to cancel its current turn (False if idle)."""
         return self._instance(index).interrupt()
 
-    def restart_instance(self, index: int, timeout: Optional[float] = None) -> None:
+    def restart_instance(self, index: int, timeout: float | None = None) -> None:
         """Replace instance ``index``'s process with a new one; return when it is ready.
 
         Works in any state, FATAL included (the failure count is reset), and
@@ -393,10 +418,10 @@ class ToolProcessPool:
         """Instances currently active (started or being started)."""
         return self._table.active_count()
 
-    def instances(self) -> List[Instance]:
+    def instances(self) -> list[Instance]:
         return [slot.instance for slot in self._table if slot.active]
 
-    def check_health(self) -> Dict[str, Any]:
+    def check_health(self) -> dict[str, Any]:
         """Counts of active instances by condition.
 
         ``healthy``: every instance alive and the pool open; ``degraded``:
@@ -404,7 +429,7 @@ class ToolProcessPool:
         """
         states = [slot.instance.state for slot in self._table if slot.active]
         alive = sum(s in LIVE_STATES for s in states)
-        health: Dict[str, Any] = {
+        health: dict[str, Any] = {
             "total": len(states),
             "alive": alive,
             "dead": len(states) - alive,
@@ -420,26 +445,32 @@ class ToolProcessPool:
         health["degraded"] = not self._closed and 0 < alive < len(states)
         return health
 
-    def stats(self) -> Dict[str, Any]:
-        """Counters and latency summaries since the pool started (or the last :meth:`pop_stats`)."""
-        return self._stats.snapshot()
+    def stats(self) -> dict[str, Any]:
+        """Counters and latency summaries since the pool started (or the last :meth:`pop_stats`),
+        with the pool's spend (``cost_usd``, ``max_cost_usd``)."""
+        return self._with_spend(self._stats.snapshot())
 
-    def pop_stats(self) -> Dict[str, Any]:
-        """Like :meth:`stats`, then reset the counters and summaries."""
-        return self._stats.snapshot(reset=True)
+    def pop_stats(self) -> dict[str, Any]:
+        """Like :meth:`stats`, then reset the counters and summaries (the spend is never reset)."""
+        return self._with_spend(self._stats.snapshot(reset=True))
+
+    def _with_spend(self, stats: dict[str, Any]) -> dict[str, Any]:
+        stats["cost_usd"] = self._dispatcher.spent_usd
+        stats["max_cost_usd"] = self._dispatcher.max_cost_usd
+        return stats
 
     @property
     def metrics(self) -> Stats:
         """The pool's live counters (for :mod:`toolpool.prometheus`)."""
         return self._stats
 
-    def get_status(self) -> Dict[str, Any]:
+    def get_status(self) -> dict[str, Any]:
         """A JSON-safe snapshot valid against ``schema/pool_status.schema.json``."""
         with self._table.lock:
-            owners: List[Tuple[bool, Optional[str]]] = [
+            owners: list[tuple[bool, str | None]] = [
                 (slot.active, None if slot.owner is Owner.FREE else slot.owner.value) for slot in self._table]
         instances = []
-        for slot, (active, owner) in zip(self._table, owners):
+        for slot, (active, owner) in zip(self._table, owners, strict=True):
             if active:
                 entry = slot.instance.status()
                 entry["owner"] = owner
@@ -496,7 +527,7 @@ class ToolProcessPool:
                 lifecycle.track_background(self._shutdown_thread)
         if _on_pool_thread():
             return  # waiting here would wait on ourselves
-        interrupted: Optional[BaseException] = None
+        interrupted: BaseException | None = None
         while not self._shutdown_done.is_set():
             try:
                 self._shutdown_done.wait(MAX_WAIT)
@@ -521,6 +552,8 @@ class ToolProcessPool:
                 t.join()
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._workers.shutdown(wait=True, cancel_futures=True)
+            if self._workspace is not None:
+                self._workspace.close()
             self.adapter.detach()
             unregister_secrets(self._secrets)
             log.info("pool shut down (%d instances)", len(self._table))
@@ -531,7 +564,7 @@ class ToolProcessPool:
 
     close = shutdown
 
-    def __enter__(self) -> "ToolProcessPool":
+    def __enter__(self) -> ToolProcessPool:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -542,8 +575,47 @@ class ToolProcessPool:
         return f"<ToolProcessPool {self.adapter.name} x{h['total']} alive={h['alive']} busy={h['busy']}>"
 
 
-def _sizes(count: Optional[int], min_size: Optional[int], max_size: Optional[int]) -> Tuple[int, int]:
-    def check(name: str, value: Optional[int]) -> None:
+class _WorkspaceTurns:
+    """A pool's workspace seen from its instances: each slot's directory, and the changes of each turn."""
+
+    def __init__(self, value: Any) -> None:
+        from .workspaces import as_workspace  # only pools with a workspace need it
+
+        self.workspace = as_workspace(value)
+        self._paths: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._turns = 0
+
+    def path(self, slot: int) -> str:
+        with self._lock:
+            if slot not in self._paths:
+                self._paths[slot] = self.workspace.prepare(slot)
+            return self._paths[slot]
+
+    def begin(self, slot: int) -> object:
+        return self.workspace.snapshot(slot)
+
+    def end(self, slot: int, token: object, response: Response) -> None:
+        with self._lock:
+            self._turns += 1
+            label = f"toolpool slot {slot} turn {self._turns}"
+        found = self.workspace.changes(slot, token, label)
+        response.workspace = found.workspace
+        response.changes = [{"path": c.path, "status": c.status} for c in found.changes]
+        response.diff = found.diff
+        response.commit = found.commit
+        if found.diff_truncated:
+            response.meta["diff_truncated"] = True
+
+    def close(self) -> None:
+        try:
+            self.workspace.close()
+        except Exception:
+            log.exception("closing the pool's workspace failed")
+
+
+def _sizes(count: int | None, min_size: int | None, max_size: int | None) -> tuple[int, int]:
+    def check(name: str, value: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 

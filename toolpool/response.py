@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 @dataclass
@@ -20,12 +20,12 @@ class Timings:
     queued: float = 0.0
     acquire: float = 0.0
     spawn: float = 0.0
-    first_byte: Optional[float] = None
+    first_byte: float | None = None
     total: float = 0.0
     warm: bool = True
-    process_age: Optional[float] = None
+    process_age: float | None = None
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "queued": self.queued,
             "acquire": self.acquire,
@@ -53,25 +53,42 @@ class Response:
     raw: bytes
     index: int
     elapsed: float
-    prompt: Optional[str] = None
+    prompt: str | None = None
     timings: Timings = field(default_factory=Timings)
     # Claude stream-json fields
-    session_id: Optional[str] = None
-    cost_usd: Optional[float] = None
-    usage: Optional[Dict[str, Any]] = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = None
     is_error: bool = False
-    num_turns: Optional[int] = None
-    events: List[Dict[str, Any]] = field(default_factory=list)
+    num_turns: int | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
     # aider's "Tokens: N sent, M received."
-    tokens_sent: Optional[int] = None
-    tokens_received: Optional[int] = None
+    tokens_sent: int | None = None
+    tokens_received: int | None = None
     # anything else an adapter wants to report
-    meta: Dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     #: True for a turn the tool started by itself (e.g. claude after a background
     #: task finished): delivered to event subscribers, never to a request.
     unsolicited: bool = False
     #: The cluster node that answered (``toolpool.ray``); None for a local pool.
-    node: Optional[str] = None
+    node: str | None = None
+    #: claude: the tool calls the model made in this turn, in order: ``{"id", "name", "input",
+    #: "result" (text, None if none came back), "is_error"}``.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    #: claude: the tool uses that were refused (its result's ``permission_denials``), or None.
+    permission_denials: list[dict[str, Any]] | None = None
+    #: claude: the answer as JSON matching ``json_schema=`` (its result's ``structured_output``), or None.
+    structured_output: Any = None
+    #: claude: why the model stopped (``end_turn``, ``tool_use``, ``max_tokens``...), or None.
+    stop_reason: str | None = None
+
+    #: With a pool ``workspace``: the slot's working directory, the files this turn added, modified
+    #: or deleted (``{"path", "status"}``, paths relative to it), a bounded unified diff, and the
+    #: commit that holds the turn's result (GitWorktrees), else None / empty.
+    workspace: str | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    diff: str | None = None
+    commit: str | None = None
 
     def __str__(self) -> str:
         return self.text

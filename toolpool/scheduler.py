@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 from .timeouts import MAX_WAIT
 
@@ -26,9 +26,9 @@ class Timer:
 
     __slots__ = ("when", "fn", "cancelled", "_scheduler")
 
-    def __init__(self, when: float, fn: Callable[[], None], scheduler: "Optional[Scheduler]" = None) -> None:
+    def __init__(self, when: float, fn: Callable[[], None], scheduler: Scheduler | None = None) -> None:
         self.when = when
-        self.fn: Optional[Callable[[], None]] = fn
+        self.fn: Callable[[], None] | None = fn
         self.cancelled = False
         self._scheduler = scheduler
 
@@ -44,7 +44,7 @@ class Timer:
 class Scheduler:
     def __init__(self, name: str = "toolpool-scheduler") -> None:
         self._cond = threading.Condition()
-        self._heap: List[Tuple[float, int, Timer]] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._closed = False
         self._cancelled = 0  # cancelled entries still in the heap
@@ -113,7 +113,7 @@ class Scheduler:
             except BaseException:  # a bug in one callback must not stop every other timer
                 log.exception("scheduled callback failed")
 
-    def close(self, timeout: Optional[float] = 5.0) -> None:
+    def close(self, timeout: float | None = 5.0) -> None:
         with self._cond:
             self._closed = True
             self._heap.clear()

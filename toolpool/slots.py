@@ -16,7 +16,8 @@ slot" is atomic.  Nothing slow happens under it.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .errors import InstanceBusy
 from .states import Owner, State
@@ -38,15 +39,15 @@ class Slot:
 
     __slots__ = ("index", "instance", "owner", "holder", "active", "recycle_due", "targeted")
 
-    def __init__(self, index: int, instance: "Instance", active: bool) -> None:
+    def __init__(self, index: int, instance: Instance, active: bool) -> None:
         self.index = index
         self.instance = instance
         self.owner = Owner.FREE
-        self.holder: Optional[object] = None  # the Lease, for Owner.LEASE
+        self.holder: object | None = None  # the Lease, for Owner.LEASE
         self.active = active
         self.recycle_due = False
         #: Requests queued for this slot only (Lease.submit, submit(instance=i)); owned by the Dispatcher.
-        self.targeted: "List[Request]" = []
+        self.targeted: list[Request] = []
 
     def dispatchable(self) -> bool:
         """Lock held.  Free, active, idle and not due for maintenance: dispatch may take it."""
@@ -67,7 +68,7 @@ class Slot:
 class SlotTable:
     """The slots of one pool; see the module docs for the locking rule."""
 
-    def __init__(self, instances: List["Instance"], active: int) -> None:
+    def __init__(self, instances: list[Instance], active: int) -> None:
         self.lock = threading.Lock()
         self.slots = [Slot(i, inst, i < active) for i, inst in enumerate(instances)]
 
@@ -80,7 +81,7 @@ class SlotTable:
     def __getitem__(self, index: int) -> Slot:
         return self.slots[index]
 
-    def claim(self, index: int, owner: Owner, holder: Optional[object] = None,
+    def claim(self, index: int, owner: Owner, holder: object | None = None,
               reentrant: bool = False, user: str = "by-index calls") -> Slot:
         """Lock held.  Give slot ``index`` to ``owner``, or raise :class:`InstanceBusy` naming who has it.
 
@@ -92,7 +93,7 @@ class SlotTable:
             return slot
         raise InstanceBusy(f"instance {index} is {_DOING[slot.owner]}; {user} cannot use it now")
 
-    def release(self, index: int, owner: Owner, holder: Optional[object] = None) -> bool:
+    def release(self, index: int, owner: Owner, holder: object | None = None) -> bool:
         """Lock held.  Free slot ``index`` if ``owner`` (and ``holder``) still hold it."""
         slot = self.slots[index]
         if slot.owner is owner and (holder is None or slot.holder is holder):

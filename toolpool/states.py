@@ -29,7 +29,6 @@ Who may use a slot is a separate question, answered by :class:`Owner`.
 from __future__ import annotations
 
 import enum
-from typing import Dict, FrozenSet, List
 
 
 class State(str, enum.Enum):
@@ -47,7 +46,7 @@ class State(str, enum.Enum):
 
 
 S = State
-_TRANSITIONS: Dict[State, FrozenSet[State]] = {
+_TRANSITIONS: dict[State, frozenset[State]] = {
     S.STOPPED: frozenset({S.STARTING, S.STOPPING}),
     S.STARTING: frozenset({S.IDLE, S.EXITED, S.STOPPING}),
     S.IDLE: frozenset({S.BUSY, S.EXITED, S.STOPPING}),
@@ -86,6 +85,6 @@ def check_transition(old: State, new: State) -> None:
         raise InvalidTransition(f"illegal instance state change {old} -> {new}")
 
 
-def transitions() -> Dict[str, List[str]]:
+def transitions() -> dict[str, list[str]]:
     """The transition table, for docs and status consumers."""
     return {s.value: sorted(t.value for t in targets) for s, targets in _TRANSITIONS.items()}

@@ -20,7 +20,8 @@ import errno
 import os
 import select
 import threading
-from typing import Callable, Deque, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 READ_CHUNK = 65536
 #: After the process exits, read at most this much more before reporting the
@@ -32,7 +33,7 @@ EXIT_DRAIN_LIMIT = 4 * 1024 * 1024
 class Sink(Protocol):
     """What a :class:`StreamReader` reports to.  Called on the reader thread."""
 
-    def on_data(self, chunk: bytes) -> Optional[float]:
+    def on_data(self, chunk: bytes) -> float | None:
         """New bytes.  Return a quiet period (seconds) to be told about, or None."""
 
     def on_quiet(self) -> None:
@@ -71,7 +72,7 @@ class StopSignal:
 class StreamReader(threading.Thread):
     """Drains one file descriptor into a sink until EOF and stop."""
 
-    def __init__(self, fd: int, sink: Sink, stop: StopSignal, name: str, exit_fd: Optional[int] = None) -> None:
+    def __init__(self, fd: int, sink: Sink, stop: StopSignal, name: str, exit_fd: int | None = None) -> None:
         super().__init__(name=name, daemon=True)  # daemon: a forgotten pool must not block exit
         self._fd = fd
         self._sink = sink
@@ -79,7 +80,7 @@ class StreamReader(threading.Thread):
         self._exit_fd = exit_fd
         self.eof = threading.Event()
 
-    def _read(self) -> Optional[bytes]:
+    def _read(self) -> bytes | None:
         """One read; b"" at EOF, None if nothing is there right now."""
         try:
             return os.read(self._fd, READ_CHUNK)
@@ -113,7 +114,7 @@ class StreamReader(threading.Thread):
         poller.register(self._stop_fd, select.POLLIN)
         if self._exit_fd is not None:
             poller.register(self._exit_fd, select.POLLIN)
-        quiet_ms: Optional[int] = None
+        quiet_ms: int | None = None
         try:
             while True:
                 events = poller.poll(quiet_ms)
@@ -164,11 +165,11 @@ class Writer:
         self._on_error = on_error
         self._name = name
         self._cond = threading.Condition()
-        self._pending: Deque[memoryview] = collections.deque()
-        self._thread: Optional[threading.Thread] = None
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._thread: threading.Thread | None = None
         self._closed = False
-        self._close_input: Optional[Callable[[], None]] = None
-        self.failed: Optional[BaseException] = None
+        self._close_input: Callable[[], None] | None = None
+        self.failed: BaseException | None = None
 
     def write(self, data: bytes) -> None:
         """Queue ``data``; raise BrokenPipeError if the tool's input is closed."""

@@ -24,8 +24,9 @@ import concurrent.futures as cf
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("toolpool.supervision")
 
-Notify = Callable[[str, Dict[str, Any]], None]
+Notify = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -89,9 +90,9 @@ class FailureLog:
     """Per-slot record of recent failures, judged against a policy."""
 
     policy: RestartPolicy
-    _failures: Dict[int, Deque[float]] = field(default_factory=dict)
+    _failures: dict[int, collections.deque[float]] = field(default_factory=dict)
 
-    def record(self, index: int, ran_for: Optional[float]) -> Optional[int]:
+    def record(self, index: int, ran_for: float | None) -> int | None:
         """Note a failure of ``index``; return the restart attempt number, or None to give up."""
         now = time.monotonic()
         failures = self._failures.setdefault(index, collections.deque())
@@ -117,10 +118,10 @@ class Supervisor:
     """
 
     def __init__(self, table: SlotTable, policy: RestartPolicy, scheduler: Scheduler, executor: cf.Executor,
-                 stats: "Stats", notify: Notify, wake: Callable[[], None], hopeless: Callable[[], None], *,
-                 start_timeout: Optional[float], min_size: int, max_idle: Optional[float],
-                 max_requests: Optional[int], max_lifetime: Optional[float], stuck_timeout: Optional[float],
-                 health_check_interval: Optional[float], oneshot: bool) -> None:
+                 stats: Stats, notify: Notify, wake: Callable[[], None], hopeless: Callable[[], None], *,
+                 start_timeout: float | None, min_size: int, max_idle: float | None,
+                 max_requests: int | None, max_lifetime: float | None, stuck_timeout: float | None,
+                 health_check_interval: float | None, oneshot: bool) -> None:
         self.table = table
         self.policy = policy
         self.failures = FailureLog(policy)
@@ -140,7 +141,7 @@ class Supervisor:
         self.oneshot = oneshot
         self.closed = False
         self.growing = False
-        self._epoch: List[int] = [0] * len(table)
+        self._epoch: list[int] = [0] * len(table)
         if stuck_timeout or health_check_interval:
             periods = [p for p in (health_check_interval, stuck_timeout and stuck_timeout / 4) if p]
             self._period = max(0.05, min(periods))
@@ -162,7 +163,7 @@ class Supervisor:
             pass
 
     # ------------------------------------------------------------ events from instances
-    def on_ready(self, inst: "Instance") -> None:
+    def on_ready(self, inst: Instance) -> None:
         """A process became ready: arm its stability and lifetime timers (bound to its generation)."""
         generation = inst.generation
         with self.table.lock:
@@ -179,7 +180,7 @@ class Supervisor:
             lifetime = self.max_lifetime * random.uniform(0.9, 1.0)  # jitter: no synchronised recycling
             self.scheduler.call_later(lifetime, lambda: self._lifetime_up(inst, generation))
 
-    def on_exited(self, inst: "Instance", info: Dict[str, Any]) -> None:
+    def on_exited(self, inst: Instance, info: dict[str, Any]) -> None:
         """A process exited outside a stop (reader thread: decide, never block)."""
         if self.closed:
             return
@@ -199,7 +200,7 @@ class Supervisor:
         ran_for = None if inst.ready_at is None else time.perf_counter() - inst.ready_at
         self.on_failure(inst, ran_for)
 
-    def on_failure(self, inst: "Instance", ran_for: Optional[float]) -> None:
+    def on_failure(self, inst: Instance, ran_for: float | None) -> None:
         """A process died or failed to start: back off and restart, or give up (FATAL)."""
         with self.table.lock:
             slot = self.table[inst.index]
@@ -226,7 +227,7 @@ class Supervisor:
         self.notify("restarting", {"index": inst.index, "attempt": attempt, "delay": delay})
         self.scheduler.call_later(delay, lambda: self._submit(self._respawn, inst, epoch, True))
 
-    def _respawn(self, inst: "Instance", epoch: int, counted: bool) -> None:
+    def _respawn(self, inst: Instance, epoch: int, counted: bool) -> None:
         """Executor thread: start a new process, if this decision still stands."""
         if not self._current(inst.index, epoch) or inst.state not in (State.BACKOFF, State.EXITED):
             return  # superseded (restart_instance, shutdown) meanwhile
@@ -241,7 +242,7 @@ class Supervisor:
                 self.on_failure(inst, None)
 
     # ------------------------------------------------------------ explicit restarts
-    def restart(self, inst: "Instance", timeout: Optional[float], why: str = "") -> None:
+    def restart(self, inst: Instance, timeout: float | None, why: str = "") -> None:
         """A caller's ``restart_instance``: supersedes any pending automatic restart.
 
         If it fails or is interrupted (Ctrl-C), the slot goes back to
@@ -259,7 +260,7 @@ class Supervisor:
                 self.on_failure(inst, None)
             raise
 
-    def retire_if_on(self, inst: "Instance", turn: int, why: str) -> None:
+    def retire_if_on(self, inst: Instance, turn: int, why: str) -> None:
         """Scheduler: the request turn ``turn`` ignored its interrupt; replace the process."""
         if not self.closed and inst.retire(why, expect_turn=turn):
             log.warning("instance %d: %s; replacing its process", inst.index, why,
@@ -271,7 +272,7 @@ class Supervisor:
         if self.max_requests and slot.instance.served >= self.max_requests:
             slot.recycle_due = True
 
-    def _lifetime_up(self, inst: "Instance", generation: int) -> None:
+    def _lifetime_up(self, inst: Instance, generation: int) -> None:
         if inst.generation != generation or self.closed:
             return
         with self.table.lock:
@@ -344,7 +345,7 @@ class Supervisor:
         self.wake()
 
     # ------------------------------------------------------------ elastic sizing
-    def grow_slot(self) -> Optional[Slot]:
+    def grow_slot(self) -> Slot | None:
         """Lock held.  A parked slot to start for waiting requests (one at a time)."""
         if self.growing or self.closed:
             return None

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Optional
 
 #: The longest single wait threading accepts; longer waits are cut to this and looped.
 MAX_WAIT = min(threading.TIMEOUT_MAX, 365 * 24 * 3600.0)
 
 
-def check_seconds(name: str, value: object, *, positive: bool = False, allow_none: bool = True) -> Optional[float]:
+def check_seconds(name: str, value: object, *, positive: bool = False, allow_none: bool = True) -> float | None:
     """``value`` as a float of seconds, or ValueError/TypeError naming ``name``.
 
     ``positive``: zero is refused too.  ``allow_none``: None means no limit.
@@ -39,7 +38,7 @@ def check_seconds(name: str, value: object, *, positive: bool = False, allow_non
     return seconds
 
 
-def wait_limit(seconds: Optional[float]) -> Optional[float]:
+def wait_limit(seconds: float | None) -> float | None:
     """A timeout safe to pass to ``Event.wait``/``Condition.wait`` (None stays None)."""
     if seconds is None:
         return None

@@ -32,8 +32,9 @@ import os
 import re
 import signal
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 #: 64 MiB: far above any real answer (claude turns with tool output reach a few
 #: MiB), low enough that a runaway tool cannot exhaust memory.
@@ -42,7 +43,12 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 #: Canonical-mode terminals drop input past this many bytes per line.
 PTY_MAX_LINE = 4095
 
-EventCallback = Callable[[Dict[str, Any]], None]
+EventCallback = Callable[[dict[str, Any]], None]
+
+#: The event ``type`` a framer puts in ``Cut.events`` when the tool hit a rate limit or an overloaded API
+#: (with ``status`` and ``retry_after`` seconds if known): the pool then pauses dispatch for every
+#: instance at once, instead of N instances hammering the API each on their own.
+RATE_LIMIT_EVENT = "toolpool.rate_limit"
 
 
 @dataclass
@@ -58,8 +64,8 @@ class Frame:
 
     raw: bytes = b""
     text: str = ""
-    fields: Dict[str, Any] = field(default_factory=dict)
-    error: Optional[BaseException] = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
     final: bool = True
     unsolicited: bool = False
 
@@ -83,16 +89,16 @@ class Cut:
 
     __slots__ = ("frames", "events", "quiet", "interrupt", "send", "tool_turn", "calls")
 
-    def __init__(self, frames: Optional[List[Frame]] = None, events: Optional[List[Dict[str, Any]]] = None,
-                 quiet: Optional[float] = None, interrupt: bool = False, send: bytes = b"",
-                 tool_turn: bool = False, calls: Optional[List[Callable[[], bytes]]] = None) -> None:
-        self.frames: List[Frame] = frames if frames is not None else []
-        self.events: List[Dict[str, Any]] = events if events is not None else []
+    def __init__(self, frames: list[Frame] | None = None, events: list[dict[str, Any]] | None = None,
+                 quiet: float | None = None, interrupt: bool = False, send: bytes = b"",
+                 tool_turn: bool = False, calls: list[Callable[[], bytes]] | None = None) -> None:
+        self.frames: list[Frame] = frames if frames is not None else []
+        self.events: list[dict[str, Any]] = events if events is not None else []
         self.quiet = quiet
         self.interrupt = interrupt
         self.send = send
         self.tool_turn = tool_turn
-        self.calls: List[Callable[[], bytes]] = calls if calls is not None else []
+        self.calls: list[Callable[[], bytes]] = calls if calls is not None else []
 
     def __repr__(self) -> str:
         return (f"Cut(frames={self.frames!r}, events={len(self.events)}, quiet={self.quiet!r}, "
@@ -116,7 +122,7 @@ class Framer:
     def __init__(self, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_bytes = max_bytes
 
-    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
+    def start_turn(self, prompt: str | None, data: bytes = b"") -> None:
         """A request is about to be written: ``prompt`` (None for readiness and probes) as ``data``."""
 
     def feed(self, data: bytes) -> Cut:
@@ -131,7 +137,7 @@ class Framer:
         """The quiet period asked for passed with no output; confirm the candidate."""
         return Cut()
 
-    def on_exit(self, exit_code: Optional[int]) -> Cut:
+    def on_exit(self, exit_code: int | None) -> Cut:
         """The process exited with ``exit_code``; return any frame its exit completes."""
         return Cut()
 
@@ -168,7 +174,7 @@ class Control:
         self.call_later = call_later
         self._current_turn = current_turn
         self.in_turn = in_turn
-        self.scratch: Dict[str, Any] = {}
+        self.scratch: dict[str, Any] = {}
 
     @property
     def turn(self) -> int:
@@ -186,7 +192,7 @@ class Adapter:
     #: using one at once would share slot N's state.  Such an adapter serves one pool at a time.
     shareable: bool = True
 
-    def __init__(self, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+    def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                  start_timeout: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
                  encoding: str = "utf-8", stderr_tail_bytes: int = 8192,
                  warmup: Sequence[str] = ()) -> None:
@@ -222,20 +228,20 @@ class Adapter:
             self.close()
 
     # -- process ---------------------------------------------------------------
-    def command(self, slot: int) -> List[str]:
+    def command(self, slot: int) -> list[str]:
         raise NotImplementedError
 
-    def environment(self, slot: int) -> Dict[str, str]:
+    def environment(self, slot: int) -> dict[str, str]:
         """The parent's environment with ``env`` merged over it."""
         merged = dict(os.environ)
         merged.update(self.env)
         return merged
 
     # -- readiness -------------------------------------------------------------
-    def handshake(self) -> Optional[bytes]:
+    def handshake(self) -> bytes | None:
         return None
 
-    def warmup_prompts(self) -> List[str]:
+    def warmup_prompts(self) -> list[str]:
         return list(self._warmup)
 
     # -- requests ----------------------------------------------------------------
@@ -259,22 +265,22 @@ class Adapter:
     def start_failed(self, slot: int, error: BaseException) -> None:
         """A process of ``slot`` failed to start with ``error`` (e.g. to drop a ``--resume`` that cannot work)."""
 
-    def working_dir(self, slot: int) -> Optional[str]:
+    def working_dir(self, slot: int) -> str | None:
         """The working directory of ``slot``'s process (default: ``cwd`` for every slot)."""
         return self.cwd
 
-    def secret_env(self) -> Dict[str, str]:
+    def secret_env(self) -> dict[str, str]:
         """Variables whose secret-looking values must never appear in a status dump.
 
         No side effects (unlike :meth:`environment`, which may create directories).
         """
         return {**os.environ, **self.env}
 
-    def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
+    def diagnose(self, stdout_tail: str, stderr_tail: str) -> str | None:
         """A hint for a tool that did not become ready, from what it printed (or None)."""
         return None
 
-    def liveness_probe(self) -> Optional[bytes]:
+    def liveness_probe(self) -> bytes | None:
         """Bytes that make an idle tool answer with one frame, or None (no probe)."""
         return None
 
@@ -282,7 +288,7 @@ class Adapter:
         """Release what the adapter made (temporary directories...)."""
 
     # -- status ------------------------------------------------------------------
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """A JSON-safe description for status dumps: never environment values."""
         return {
             "name": self.name,
@@ -298,7 +304,7 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SECRET_FLAG = re.compile(r"(key|token|secret|password|passwd|auth)", re.IGNORECASE)
 
 
-def check_argv(command: Sequence[str], example: str) -> List[str]:
+def check_argv(command: Sequence[str], example: str) -> list[str]:
     """``command`` as a list, or ValueError: an argv list is never run through a shell."""
     if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
         raise ValueError(f"command must be a non-empty list of strings (argv), e.g. {example}")
@@ -337,9 +343,9 @@ def check_terminal_safe(text: str) -> None:
             )
 
 
-def redact_argv(argv: Sequence[str]) -> List[str]:
+def redact_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` with the values of secret-looking options replaced by ``***``."""
-    out: List[str] = []
+    out: list[str] = []
     hide_next = False
     for arg in argv:
         if hide_next:

@@ -8,7 +8,7 @@ replaced in the background.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..errors import ResponseTooLarge
 from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Cut, Frame, Framer, check_argv, encode_text
@@ -36,7 +36,7 @@ class UntilExitFramer(Framer):
             return Cut([Frame(error=ResponseTooLarge(self.max_bytes, partial), final=False)])
         return Cut()
 
-    def on_exit(self, exit_code: Optional[int]) -> Cut:
+    def on_exit(self, exit_code: int | None) -> Cut:
         if self._overflow:
             return Cut([Frame()])  # closes the already-failed turn
         if exit_code not in self.ok_codes:
@@ -62,11 +62,11 @@ class CommandAdapter(Adapter):
     oneshot = True
     ready_on_spawn = True
 
-    def __init__(self, command: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
-                 cwd: Optional[str] = None, start_timeout: float = 30.0,
+    def __init__(self, command: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, start_timeout: float = 30.0,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, encoding: str = "utf-8",
                  ok_codes: Iterable[int] = (0,), suffix: str = "", strip: bool = True,
-                 name: Optional[str] = None, stderr_tail_bytes: int = 8192) -> None:
+                 name: str | None = None, stderr_tail_bytes: int = 8192) -> None:
         super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
                          encoding=encoding, stderr_tail_bytes=stderr_tail_bytes)
         self._command = check_argv(command, "['llm', '-p']")
@@ -76,7 +76,7 @@ class CommandAdapter(Adapter):
         if name:
             self.name = name
 
-    def command(self, slot: int) -> List[str]:
+    def command(self, slot: int) -> list[str]:
         return list(self._command)
 
     def encode(self, prompt: str) -> bytes:

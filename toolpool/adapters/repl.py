@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import re
 import signal
-from typing import Any, Dict, List, Mapping, Optional, Pattern, Sequence, Union
+from collections.abc import Mapping, Sequence
+from re import Pattern
+from typing import Any
 
 from ..errors import ResponseTooLarge
-from .base import (DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer, check_argv,
-                   check_terminal_safe, encode_text)
+from .base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Adapter,
+    Control,
+    Cut,
+    Frame,
+    Framer,
+    check_argv,
+    check_terminal_safe,
+    encode_text,
+)
 
-PromptPattern = Union[str, Pattern[str]]
+PromptPattern = str | Pattern[str]
 
 
 def compile_prompt(prompt: PromptPattern) -> Pattern[str]:
@@ -48,10 +59,10 @@ class PromptFramer(Framer):
         self.strip = strip
         self._buf = bytearray()
         self._overflow = False
-        self._cut_at: Optional[int] = None  # candidate end of the response body
-        self._echo: Optional[bytes] = None
+        self._cut_at: int | None = None  # candidate end of the response body
+        self._echo: bytes | None = None
 
-    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
+    def start_turn(self, prompt: str | None, data: bytes = b"") -> None:
         # With echo off nothing is echoed, but a tool that turns echo back on
         # (readline does) repeats the line: remember it to strip it.
         self._echo = prompt.encode(self.encoding, "replace") if (self.crlf and prompt) else None
@@ -61,7 +72,7 @@ class PromptFramer(Framer):
             del self._buf[:]
             self._cut_at = None
 
-    def _find_prompt(self) -> Optional[int]:
+    def _find_prompt(self) -> int | None:
         start = max(0, len(self._buf) - self.window)
         tail = self._buf[start:].decode(self.encoding, "surrogateescape")
         m = self.pattern.search(tail)
@@ -70,7 +81,7 @@ class PromptFramer(Framer):
         return start + len(tail[: m.start()].encode(self.encoding, "surrogateescape"))
 
     def feed(self, data: bytes) -> Cut:
-        frames: List[Frame] = []
+        frames: list[Frame] = []
         self._buf += data
         if self._overflow:
             del self._buf[: max(0, len(self._buf) - self.window)]
@@ -130,12 +141,12 @@ class ReplAdapter(Adapter):
     name = "repl"
 
     def __init__(self, command: Sequence[str], prompt: PromptPattern, transport: str = "pipe",
-                 env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+                 env: Mapping[str, str] | None = None, cwd: str | None = None,
                  start_timeout: float = 30.0, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
                  encoding: str = "utf-8", line_ending: str = "\n", multiline: bool = False,
                  settle: float = 0.0, prompt_window: int = 4096, strip: bool = True,
                  warmup: Sequence[str] = (), interrupt_signal: int = signal.SIGINT,
-                 stderr_tail_bytes: int = 8192, name: Optional[str] = None) -> None:
+                 stderr_tail_bytes: int = 8192, name: str | None = None) -> None:
         super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
                          encoding=encoding, stderr_tail_bytes=stderr_tail_bytes, warmup=warmup)
         self._command = check_argv(command, "['python3', '-u', 'tool.py']")
@@ -154,7 +165,7 @@ class ReplAdapter(Adapter):
         if name:
             self.name = name
 
-    def command(self, slot: int) -> List[str]:
+    def command(self, slot: int) -> list[str]:
         return list(self._command)
 
     def encode(self, prompt: str) -> bytes:
@@ -169,7 +180,7 @@ class ReplAdapter(Adapter):
             check_terminal_safe(prompt)
         return encode_text(prompt + self.line_ending, self.encoding)
 
-    def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
+    def diagnose(self, stdout_tail: str, stderr_tail: str) -> str | None:
         if self.transport == "pipe" and self.prompt.search(stderr_tail.rstrip("\n")):
             return ("the prompt appeared on stderr, not stdout (CPython's REPL does this); use "
                     "transport='pty', or make the tool print its prompt on stdout")
@@ -177,7 +188,7 @@ class ReplAdapter(Adapter):
             return f"the output does not end with a match of the prompt pattern {self.prompt.pattern!r}"
         return None
 
-    def liveness_probe(self) -> Optional[bytes]:
+    def liveness_probe(self) -> bytes | None:
         # An empty line makes a REPL print its prompt again.
         return self.line_ending.encode(self.encoding)
 
@@ -189,7 +200,7 @@ class ReplAdapter(Adapter):
     def interrupt(self, control: Control) -> None:
         control.signal_process(self.interrupt_signal)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["prompt"] = self.prompt.pattern
         return d
