@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from toolkit import fake_cmd
 
+from toolkit import fake_cmd
 from toolpool import ReplAdapter, ToolProcessPool
 from toolpool.adapters.base import RATE_LIMIT_EVENT, Cut
 from toolpool.adapters.repl import PromptFramer
