@@ -405,8 +405,10 @@ class ToolProcessPool:
         """
         timeout = check_seconds("timeout", timeout, positive=True)
         inst = self._instance(index)
-        self._supervisor.restart(inst, timeout)
-        self._dispatcher.unclaim_index(self._table[index])
+        try:
+            self._supervisor.restart(inst, timeout)
+        finally:
+            self._dispatcher.unclaim_index(self._table[index])
 
     # ---------------------------------------------------------------- health & status
     @property

@@ -249,7 +249,7 @@ class Supervisor:
         supervision instead of staying EXITED for good.
         """
         with self.table.lock:
-            self._bump(inst.index)
+            epoch = self._bump(inst.index)
             self.table[inst.index].active = True
         self.failures.reset(inst.index)
         self.stats.incr("restarts")
@@ -258,7 +258,19 @@ class Supervisor:
         except BaseException:
             if inst.state is State.EXITED:
                 self.on_failure(inst, None)
+            elif inst.state is State.STOPPED and self._current(inst.index, epoch):
+                # Interrupted between the stop and the start: start it from here instead.
+                self._submit(self._start_again, inst, epoch)
             raise
+
+    def _start_again(self, inst: "Instance", epoch: int) -> None:
+        if not self._current(inst.index, epoch) or inst.state is not State.STOPPED:
+            return
+        try:
+            inst.start(self.start_timeout)
+        except ToolPoolError:
+            if self._current(inst.index, epoch) and inst.state is State.EXITED:
+                self.on_failure(inst, None)
 
     def retire_if_on(self, inst: Instance, turn: int, why: str) -> None:
         """Scheduler: the request turn ``turn`` ignored its interrupt; replace the process."""
