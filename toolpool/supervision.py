@@ -263,7 +263,7 @@ class Supervisor:
                 self._submit(self._start_again, inst, epoch)
             raise
 
-    def _start_again(self, inst: "Instance", epoch: int) -> None:
+    def _start_again(self, inst: Instance, epoch: int) -> None:
         if not self._current(inst.index, epoch) or inst.state is not State.STOPPED:
             return
         try:
