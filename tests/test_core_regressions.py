@@ -432,30 +432,61 @@ def test_every_public_seconds_parameter_refuses_bad_values(make_pool):
     calls += [(name, lambda v, name=name: RestartPolicy(**{name: v})) for name in POLICY_SECONDS]
     failures = [f for name, call in calls for value in BAD_SECONDS
                 if (f := refusal(call, name, value)) is not None]
-    assert failures == []
+    assert failures == [], "\n".join(failures)
     assert not pool.closed and pool.ask(0, "still fine", timeout=5).text == "you said: still fine"
+
+
+def outcome(check: Callable[[], Any], name: str, expected: Any) -> str | None:
+    """None if ``check()`` returned ``expected`` (or refused the value naming ``name``); else what happened."""
+    try:
+        got = check()
+    except (ValueError, TypeError) as exc:
+        return None if name in str(exc) else f"{name}: {type(exc).__name__} without the name: {exc}"
+    except Exception as exc:
+        return f"{name}: {type(exc).__name__}: {exc}"
+    return None if got == expected else f"{name}: got {got!r}"
 
 
 @pytest.mark.parametrize("huge", [1e9, 1e10])
 def test_huge_finite_seconds_leave_every_other_timer_working(make_pool, huge):
-    """Accepted (they are finite), and nothing overflows: a 0.3 s deadline still fires after them."""
+    """Finite, so accepted (or refused naming the parameter), and nothing overflows: every call still
+    answers, and a 0.3 s deadline still fires after the huge ones were armed."""
     policy = RestartPolicy(window=huge, stable_after=huge, maximum=huge)
     pool = make_pool(fake_adapter(), 1, max_lifetime=huge, stuck_timeout=huge, health_check_interval=huge,
-                     interrupt_grace=huge, start_timeout=huge, restart=policy)
-    assert pool.submit("huge deadline", timeout=huge).result(10).text == "you said: huge deadline"
-    assert [r.text for r in pool.map(["in map"], timeout=huge)] == ["you said: in map"]
-    assert pool.ask(0, "huge ask", timeout=huge).text == "you said: huge ask"
-    pool.send_prompt(0, "huge read")
-    assert pool.read_response(0, timeout=huge).text == "you said: huge read"
-    with pool.lease(timeout=huge) as lease:
-        assert lease.ask("huge lease", timeout=huge).text == "you said: huge lease"
-    pool.restart_instance(0, timeout=huge)
+                     interrupt_grace=huge, restart=policy)
+
+    def read() -> str:
+        pool.send_prompt(0, "huge read")
+        return pool.read_response(0, timeout=huge).text
+
+    def in_lease() -> str:
+        with pool.lease(timeout=huge) as lease:
+            return lease.ask("huge lease", timeout=huge).text
+
+    def own_pool(name: str) -> str:
+        with ToolProcessPool(fake_adapter(), 1, **{name: huge}) as other:
+            return other.ask(0, name, timeout=10).text
+
+    checks: list[tuple[str, Callable[[], Any], Any]] = [
+        ("submit(timeout)", lambda: pool.submit("huge submit", timeout=huge).result(10).text,
+         "you said: huge submit"),
+        ("map(timeout)", lambda: [r.text for r in pool.map(["in map"], timeout=huge)], ["you said: in map"]),
+        ("ask(timeout)", lambda: pool.ask(0, "huge ask", timeout=huge).text, "you said: huge ask"),
+        ("read_response(timeout)", read, "you said: huge read"),
+        ("lease(timeout)", in_lease, "you said: huge lease"),
+        ("restart_instance(timeout)", lambda: pool.restart_instance(0, timeout=huge), None),
+        ("start_timeout", lambda: own_pool("start_timeout"), "you said: start_timeout"),
+        ("max_idle", lambda: own_pool("max_idle"), "you said: max_idle"),
+    ]
+    failures = [f for name, check, expected in checks if (f := outcome(check, name, expected)) is not None]
+    wait_state(pool, "IDLE", 10.0)  # whatever happened above, the timers must still work
     busy = pool.submit("sleep 1", timeout=huge)
     t0 = time.monotonic()
     with pytest.raises(ResponseTimeout) as expired:
         pool.submit("short deadline", timeout=0.3).result(10)
     assert expired.value.phase == "queue" and time.monotonic() - t0 < 0.9
     assert busy.result(10).text == "slept"
+    assert failures == [], "\n".join(failures)
     t0 = time.monotonic()
     pool.shutdown(timeout=huge)
     assert time.monotonic() - t0 < 5.0 and not marked_processes()

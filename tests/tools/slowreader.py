@@ -6,10 +6,13 @@ It reads stdin at most ``--rate`` bytes per second (default 64 KiB/s) in
 bytes>`` and the prompt ``tp> ``.  A prompt of megabytes therefore stays
 queued in the pool's writer for seconds: if any of it were left behind when a
 turn is cut short, the next request would be answered ``GOT <huge> AAAA...``.
+SIGINT, as in a REPL, drops the line being read (``[interrupted]`` and the
+prompt) and reading goes on: the rest of that line then reads as a new one.
 """
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -24,11 +27,18 @@ def main() -> int:
     out.write(b"slowreader ready\ntp> ")
     out.flush()
     pause = CHUNK / args.rate
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     pending = b""
     while True:
-        data = os.read(0, CHUNK)
+        data = os.read(0, CHUNK)  # PEP 475: retried after the handler runs
         if not data:
             return 0
+        if interrupted:
+            interrupted.clear()
+            pending = b""
+            out.write(b"[interrupted]\ntp> ")
+            out.flush()
         pending += data
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
