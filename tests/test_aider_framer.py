@@ -1,13 +1,18 @@
 """AiderAdapter's encoding and framing, without a process: real aider output replayed.
 
-The captures in /work/shared/reference/samples (aider 0.86.2 over pipes) are
-used when present; the same bytes are also inlined where a test depends on them.
+The captures in tests/captures/ were recorded from the real aider over pipes by
+scripts/record-captures.py (offline, against FakeOpenAIServer, with the
+adapter's own command line and encoding).  Their assertions hold for any
+re-recording: reply texts come from the fake and the work tree the recorder
+made, token counts (aider counts them itself) from the capture's own lines.
+Where a test depends on particular bytes they are inlined.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import signal
 import threading
 import time
@@ -19,7 +24,7 @@ from toolpool.adapters.aider import AiderApiError, AiderCommand, AiderFramer, ai
 from toolpool.adapters.base import Control, Cut, Frame
 from toolpool.errors import ResponseTooLarge
 
-SAMPLES = "/work/shared/reference/samples"
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captures")
 
 
 class ListFramer(AiderFramer):
@@ -62,12 +67,9 @@ def ready(f: AiderFramer, prompt_line: bytes = b"> ") -> None:
 
 
 def load_transcript(name: str) -> list[tuple[str, str | None, list[bytes]]]:
-    """[(label, typed text, output chunks)] per driver SEND mark of a sample transcript."""
-    path = os.path.join(SAMPLES, name)
-    if not os.path.exists(path):
-        pytest.skip(f"sample {path} not available")
+    """[(label, typed text, output chunks)] per driver SEND mark of a transcript capture."""
     turns: list[tuple[str, str | None, list[bytes]]] = [("startup", None, [])]
-    with open(path) as f:
+    with open(os.path.join(CAPTURES, name), encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split(" ", 3)
             if line.startswith("## ") and len(parts) == 4 and parts[2] == "SEND":
@@ -120,29 +122,51 @@ def test_unsendable_prompts():
         AiderAdapter(encoding="ascii").encode("café")
 
 
-# -- the reference transcript --------------------------------------------------------------
+# -- the captures ------------------------------------------------------------------------
+def typed_prompt(typed: str) -> str:
+    """The prompt the adapter typed as ``typed`` (the inverse of encode_prompt, for the captures)."""
+    text = typed[:-1] if typed.endswith("\n") else typed
+    block = re.fullmatch(r"\{(tp\d*)\n(.*)\n\1\}", text, re.DOTALL)
+    if block:
+        text = block.group(2)
+    elif text.startswith(("/", "!")):
+        return AiderCommand(text)
+    return text[1:] if text[:1] == " " and text[1:2] in ("/", "!") else text
+
+
+def usage_line(chunks: list[bytes]) -> tuple[int, int]:
+    """(sent, received) of the ``Tokens:`` line aider printed in these chunks."""
+    [(sent, received)] = re.findall(rb"^Tokens: (\d+) sent, (\d+) received\.$", b"".join(chunks), re.MULTILINE)
+    return int(sent), int(received)
+
+
 def test_pipe_transcript_replayed():
     f = framer()
-    texts = {}
-    for label, typed, chunks in load_transcript("aider_pipe_transcript.txt"):
-        prompt = None if typed is None else typed.rstrip("\n")
-        if prompt and prompt.startswith("/"):
-            prompt = AiderCommand(prompt)
-        elif prompt == "{\nline one\nline two\n}":
-            prompt = "line one\nline two"  # what the adapter types as "{tp ... tp}": as many lines
+    texts, chunks_of = {}, {}
+    adapter = AiderAdapter()
+    turns = load_transcript("aider_pipe_transcript.txt")
+    assert [label for label, _, _ in turns] == ["startup", "warmup", "ls", "add", "prompt1", "multiline", "mention",
+                                                 "slow", "after-interrupt"]
+    for label, typed, chunks in turns:
+        prompt = None if typed is None else typed_prompt(typed)
+        if prompt is not None:
+            assert adapter.encode(prompt) == typed.encode(), label  # the recording typed what the adapter types
         f.start_turn(prompt)
         if label == "slow":
             f.interrupt_sent()
         frames = run(f, chunks)
         assert len(frames) == 1 and frames[0].error is None, label
-        texts[label] = frames[0]
+        texts[label], chunks_of[label] = frames[0], chunks
+    assert texts["startup"].text.startswith("Aider v")
+    assert texts["warmup"].text.startswith("Approximate context window usage for openai/fake-model, in tokens:")
     assert texts["ls"].text == "Repo files not in the chat:\n\n  README.md\n  calc.py"
     assert texts["add"].text == "Added calc.py to the chat" and texts["add"].fields["files"] == ["calc.py"]
     hello = texts["prompt1"]
     assert hello.text == "ECHO: hello there"
-    assert (hello.fields["tokens_sent"], hello.fields["tokens_received"]) == (733, 5)
+    assert (hello.fields["tokens_sent"], hello.fields["tokens_received"]) == usage_line(chunks_of["prompt1"])
     assert hello.fields["files"] == ["calc.py"] and hello.fields["mode"] == ""
-    assert hello.raw == b"\nECHO: hello there\nTokens: 733 sent, 5 received.\n\ncalc.py\n"
+    whole = b"".join(chunks_of["prompt1"])
+    assert whole.endswith(b"calc.py\n> ") and hello.raw == whole[:-2]  # all of it but the prompt
     multi = texts["multiline"]
     assert multi.text == "ECHO: line one" and multi.raw.startswith(b"> > > \n")
     # aider's note about the mentioned file cannot be told apart from the reply
@@ -151,15 +175,13 @@ def test_pipe_transcript_replayed():
     assert texts["slow"].text == "" and texts["slow"].fields["interrupted"] is True
     assert texts["slow"].fields["is_error"] is True and "is_error" not in hello.fields
     assert texts["after-interrupt"].text == "ECHO: after interrupt"
+    assert texts["after-interrupt"].fields["tokens_received"] == usage_line(chunks_of["after-interrupt"])[1]
 
 
 def load_probe(name: str) -> list[tuple[str, list[bytes]]]:
     """[(typed text, output chunks)] of a probe capture (``t >>> 'typed'`` / ``t b'out'`` lines)."""
-    path = os.path.join(SAMPLES, name)
-    if not os.path.exists(path):
-        pytest.skip(f"sample {path} not available")
     turns: list[tuple[str, list[bytes]]] = []
-    with open(path) as f:
+    with open(os.path.join(CAPTURES, name), encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split(" ", 2)
             if len(parts) == 3 and parts[1] == ">>>":
@@ -173,20 +195,21 @@ def test_multiline_probe_transcript_commands():
     f = framer()
     ready(f)
     texts = []
-    for typed, chunks in load_probe("aider_multiline_probe.txt"):
-        if typed == "<EOF>":
-            continue
-        if typed.startswith("{tp\n"):  # a block whose first line starts with "/": aider ran /ls
-            prompt: str = typed[4:-5]
-        else:
-            prompt = AiderCommand(typed.rstrip("\n"))
+    probes = load_probe("aider_multiline_probe.txt")
+    assert [typed for typed, _ in probes][-1] == "<EOF>"
+    for typed, chunks in probes[:-1]:
+        # typed as is: one block starts with "/" as aider's own command (it ran /ls); the
+        # adapter's encoding of the same text (a space in front) is a message
+        prompt = typed_prompt(typed)
         frames = turn(f, prompt, *chunks)
         assert len(frames) == 1 and frames[0].error is None, typed
         texts.append(frames[0].text)
     assert texts[0].startswith("Approximate context window usage for openai/fake-model, in tokens:\n\n$ 0.0000")
-    assert texts[0].endswith("128,000 tokens max context window size")
+    assert "tokens total" in texts[0]
     assert texts[1] == "Repo files not in the chat:\n\n  README.md\n  calc.py"
     assert texts[2] == "shell-bang\nAdded 1 line of output to the chat."
+    assert probes[3][0] == AiderAdapter().encode("/ls is text here\n}").decode()
+    assert texts[3] == "ECHO: /ls is text here"  # the fake echoes the message's first line
 
 
 # -- framing details ---------------------------------------------------------------------
