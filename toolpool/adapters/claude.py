@@ -47,22 +47,35 @@ the same way.
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
-import uuid as uuidlib
 import signal
 import tempfile
 import threading
+import uuid as uuidlib
 import weakref
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
 
-from ..errors import ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
+from ..errors import InstanceCrashed, ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
 from ..response import Response
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer, encode_text, redact_argv
+from ..tools import find_tool, where_looked
+from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer, redact_argv
+from .claude_content import content_of, is_empty
+from .claude_control import (
+    DEFAULT_CALLBACK_TIMEOUT,
+    CanUseTool,
+    ControlBroker,
+    ControlError,
+    Hook,
+    ToolServer,
+    control_line,
+)
 
 log = logging.getLogger("toolpool.adapters.claude")
 
@@ -94,11 +107,22 @@ MODES = ("session", "oneshot")
 
 #: Result keys that map onto Response fields; the others go to Response.meta.
 _RESULT_FIELDS = {"session_id": "session_id", "total_cost_usd": "cost_usd", "usage": "usage",
-                  "is_error": "is_error", "num_turns": "num_turns"}
+                  "is_error": "is_error", "num_turns": "num_turns", "permission_denials": "permission_denials",
+                  "structured_output": "structured_output", "stop_reason": "stop_reason"}
+
+#: Result subtypes for a turn claude stopped at a limit of ours: is_error, and text that says why.
+_LIMIT_STOPS = {
+    "error_max_turns": "claude stopped after {num_turns} turns: it reached max_turns before finishing the task; "
+                       "raise ClaudeAdapter(max_turns=...) or split the task",
+    "error_max_budget_usd": "claude stopped: the turn reached max_budget_usd (spent ${cost}); raise "
+                            "ClaudeAdapter(max_budget_usd=...) if the task needs more",
+    "error_max_structured_output_retries": "claude could not produce output matching json_schema after several "
+                                           "attempts; check the schema or the prompt",
+}
 _RESPONSE_ATTRS = {f.name for f in dataclasses.fields(Response)}
 
 
-def text_delta(event: Mapping[str, Any]) -> Optional[str]:
+def text_delta(event: Mapping[str, Any]) -> str | None:
     """The text a streamed event adds to the answer, else None.
 
     Only ``stream_event`` lines carry deltas, and claude prints them only with
@@ -113,7 +137,8 @@ def text_delta(event: Mapping[str, Any]) -> Optional[str]:
         return None
     delta = inner.get("delta")
     if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
-        return delta["text"]
+        text: str = delta["text"]
+        return text
     return None
 
 
@@ -129,6 +154,21 @@ def _assistant_text(message: Mapping[str, Any]) -> str:
     if not isinstance(content, list):
         return ""
     return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+
+
+def _blocks(line: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The content blocks of an assistant or user line (none for plain-string content)."""
+    content = (line.get("message") or {}).get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _result_text(content: Any) -> str:
+    """A tool_result's content as text (its text blocks joined)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
 
 
 def _is_interrupt_marker(line: Mapping[str, Any]) -> bool:
@@ -153,21 +193,27 @@ class _TurnState:
     """What the framer collects for one request's turn (or the tool's own)."""
 
     __slots__ = ("kind", "uuid", "events", "raw", "size", "texts", "session_id", "model", "interrupt_requested",
-                 "marker_seen", "overflow", "failed")
+                 "marker_seen", "overflow", "failed", "tool_calls", "open_tools", "control_calls", "retries",
+                 "stalled")
 
-    def __init__(self, kind: str, uuid: Optional[str] = None) -> None:
+    def __init__(self, kind: str, uuid: str | None = None) -> None:
         self.kind = kind  # "ready" (readiness or probe), "prompt", or "tool" (started by claude itself)
         self.uuid = uuid
-        self.events: List[Dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
         self.raw = bytearray()
         self.size = 0
-        self.texts: List[str] = []
-        self.session_id: Optional[str] = None
-        self.model: Optional[str] = None
+        self.texts: list[str] = []
+        self.session_id: str | None = None
+        self.model: str | None = None
         self.interrupt_requested = False
         self.marker_seen = False
         self.overflow = False
         self.failed = False
+        self.tool_calls: list[dict[str, Any]] = []  # {"id", "name", "input", "result", "is_error"}
+        self.open_tools: dict[str, dict[str, Any]] = {}  # tool_use id -> its call, until its result arrives
+        self.control_calls: list[dict[str, Any]] = []  # appended by the broker's answers, off the reader thread
+        self.retries: list[dict[str, Any]] = []  # claude's api_retry lines
+        self.stalled: float | None = None  # seconds of silence that ended the turn (stall watchdog)
 
 
 #: What a claude turn (``system/init`` ... ``result``) belongs to, until its replayed
@@ -194,28 +240,49 @@ class ClaudeFramer(Framer):
     longer than ``max_line_bytes`` ends the current request at once with a
     :class:`ProtocolError` naming the limit; the rest of that claude turn is
     dropped, so the instance is reusable straight away.
+
+    ``broker``: answers claude's ``control_request`` lines (permission
+    callback, hooks, in-process tools) as :attr:`Cut.calls`, off the reader
+    thread; without one they are refused at once.  ``slot``: the instance
+    index the broker's callbacks are told.  ``stall_timeout``: while claude
+    waits on the API (no tool running, no request of its own unanswered), this
+    many seconds without a line end the turn as an ``is_error`` Response
+    (``meta["stalled"]``) and interrupt claude, which would otherwise wait
+    for a stalled stream for 5 minutes.  It needs a line per streamed chunk:
+    the adapter adds ``--include-partial-messages`` and, unless the caller
+    asked for them, ``keep_stream_events=False`` drops those lines from the
+    Response.  :meth:`begin_control` sends a control request of ours.
     """
 
     def __init__(self, *, session: bool = True, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 interrupt_settle: float = DEFAULT_INTERRUPT_SETTLE) -> None:
+                 interrupt_settle: float = DEFAULT_INTERRUPT_SETTLE, broker: ControlBroker | None = None,
+                 slot: int = -1, stall_timeout: float | None = None, keep_stream_events: bool = True) -> None:
         super().__init__(max_bytes)
         self.session = session
+        self.broker = broker if broker is not None and broker.active else None
+        self.slot = slot
+        self.stall_timeout = stall_timeout
+        self.keep_stream_events = keep_stream_events
+        self._answering: set[Any] = set()  # ids of claude's requests a broker call is answering
+        self._controls: dict[str, cf.Future[dict[str, Any]]] = {}  # our control requests awaiting answers
+        self._control_ids = 0
         self.max_line_bytes = max_line_bytes
         self.settle = interrupt_settle
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf known to hold no newline
         self._skipping = False  # dropping the rest of an over-long line
-        self._turn: Optional[_TurnState] = None  # the request waiting for its answer
-        self._owner: Optional[str] = None  # the running claude turn: a uuid, _PENDING, _STALE, or None (none runs)
-        self._held: List[Tuple[Dict[str, Any], bytes]] = []  # lines of a claude turn not yet attributed
-        self._tool: Optional[_TurnState] = None  # a turn claude started by itself
-        self._ended: Deque[str] = collections.deque(maxlen=64)  # uuids of requests that ended early
+        self._turn: _TurnState | None = None  # the request waiting for its answer
+        self._owner: str | None = None  # the running claude turn: a uuid, _PENDING, _STALE, or None (none runs)
+        self._held: list[tuple[dict[str, Any], bytes]] = []  # lines of a claude turn not yet attributed
+        self._streamed: set[int] = set()  # ids of held lines already streamed ahead (see _stream_ahead)
+        self._tool: _TurnState | None = None  # a turn claude started by itself
+        self._ended: collections.deque[str] = collections.deque(maxlen=64)  # uuids of requests that ended early
         self._interrupts = 0
         self._cut = Cut()
 
     # -- called by the instance ------------------------------------------------------
-    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
+    def start_turn(self, prompt: str | None, data: bytes = b"") -> None:
         uuid = None
         if prompt is not None and self.session:
             m = _UUID_AT_END.search(data)
@@ -256,7 +323,32 @@ class ClaudeFramer(Framer):
             self._scanned = 0
         if self.has_candidate():
             cut.quiet = self.settle
+        elif self._waiting_on_api():
+            cut.quiet = self.stall_timeout
         return cut
+
+    def _waiting_on_api(self) -> bool:
+        """True while silence means the API stream stalled: our turn runs, no tool or callback is busy."""
+        turn = self._turn
+        return (self.stall_timeout is not None and self.session and turn is not None and turn.kind == "prompt"
+                and not turn.failed and not turn.interrupt_requested and not turn.open_tools
+                and not self._answering and self._owner is not None and self._owner == turn.uuid)
+
+    def begin_control(self, request: Mapping[str, Any]) -> tuple[cf.Future[dict[str, Any]], bytes]:
+        """Register a control request of ours: the Future of claude's answer, and the line to write.
+
+        The Future gets the ``response`` of claude's ``control_response``, or
+        :class:`ControlError` when claude answers with an error, or
+        :class:`InstanceCrashed` if claude exits first.  Call under the
+        instance lock, like every framer method; write the bytes after.
+        """
+        if not self.session:
+            raise ValueError("control requests need mode='session' (a one-shot claude's stdin is closed)")
+        self._control_ids += 1
+        request_id = f"toolpool-control-{self._control_ids}"
+        future: cf.Future[dict[str, Any]] = cf.Future()
+        self._controls[request_id] = future
+        return future, control_line(request_id, request)
 
     def has_candidate(self) -> bool:
         return self._turn is not None and self._turn.marker_seen
@@ -269,9 +361,18 @@ class ClaudeFramer(Framer):
             log.debug("claude: interrupted turn ended without its result; the late result will be dropped")
             self._end_early(turn)
             cut.frames.append(self._finish(turn, None))
+        elif turn is not None and self._waiting_on_api():
+            assert self.stall_timeout is not None
+            log.warning("claude: no output for %gs while waiting on the API; the turn ends with an error and "
+                        "claude is interrupted (stall_timeout)", self.stall_timeout)
+            turn.stalled = self.stall_timeout
+            self._end_early(turn)
+            cut.frames.append(self._finish(turn, None))
+            self._interrupts += 1
+            cut.send = _control_request(f"toolpool-interrupt-{self._interrupts}", "interrupt")
         return cut
 
-    def on_exit(self, exit_code: Optional[int]) -> Cut:
+    def on_exit(self, exit_code: int | None) -> Cut:
         """Parse a last unterminated line.  An interrupted oneshot turn ends here.
 
         Otherwise a turn still open is left to the instance, which reports
@@ -286,6 +387,9 @@ class ClaudeFramer(Framer):
         if turn is not None and turn.kind == "prompt" and (turn.marker_seen or
                                                             (turn.interrupt_requested and not self.session)):
             cut.frames.append(self._finish(turn, None))
+        controls, self._controls = self._controls, {}
+        for future in controls.values():  # only waiters block on these: resolving under the lock is safe
+            future.set_exception(InstanceCrashed(self.slot, exit_code, "", b""))
         return cut
 
     def partial(self) -> bytes:
@@ -323,7 +427,7 @@ class ClaudeFramer(Framer):
             if kind == "result":
                 self._turn_ends(obj)
 
-    def _oneshot_line(self, obj: Dict[str, Any], line: bytes) -> None:
+    def _oneshot_line(self, obj: dict[str, Any], line: bytes) -> None:
         turn = self._turn
         if turn is None or turn.kind != "prompt":
             log.debug("claude: output with no request pending: %.200r", line)
@@ -332,7 +436,7 @@ class ClaudeFramer(Framer):
         if obj.get("type") == "result":
             self._cut.frames.append(self._finish(turn, obj))
 
-    def _turn_begins(self, obj: Dict[str, Any], line: bytes) -> None:
+    def _turn_begins(self, obj: dict[str, Any], line: bytes) -> None:
         """``system/init``: claude starts a turn; whose it is, its replayed message will say."""
         if self._owner is not None and self._owner not in (_PENDING, _STALE):
             self._route(obj, line)  # a second init inside an attributed turn (claude repeats it)
@@ -349,12 +453,13 @@ class ClaudeFramer(Framer):
             return
         self._owner = _PENDING
         self._held = [(obj, line)]
+        self._stream_ahead(obj)
         if turn is None or turn.kind == "ready":
             # Nobody of ours is waiting for an answer: claude began on its own.  Hold prompts back.
             self._tool = _TurnState("tool")
             self._cut.tool_turn = True
 
-    def _replayed(self, obj: Dict[str, Any], line: bytes) -> None:
+    def _replayed(self, obj: dict[str, Any], line: bytes) -> None:
         """Our user message, echoed: the running claude turn answers it."""
         if self._owner == _POSITIONAL:
             self._route(obj, line)
@@ -376,7 +481,7 @@ class ClaudeFramer(Framer):
             return
         self._held = held + [(obj, line)]
 
-    def _route(self, obj: Dict[str, Any], line: bytes) -> None:
+    def _route(self, obj: dict[str, Any], line: bytes) -> None:
         """A line inside (or between) claude turns: to its owner, or held until the owner is known."""
         owner = self._owner
         turn = self._turn
@@ -388,13 +493,30 @@ class ClaudeFramer(Framer):
         elif owner == _PENDING or owner is None:
             if len(self._held) < 10000:
                 self._held.append((obj, line))
+                self._stream_ahead(obj)
         else:
             log.debug("claude: dropped a line of a turn whose request already ended: %.200r", line)
 
-    def _turn_ends(self, obj: Dict[str, Any]) -> None:
+    def _stream_ahead(self, obj: dict[str, Any]) -> None:
+        """Stream a line of a claude turn not yet attributed, when it is almost surely ours.
+
+        With ``--include-partial-messages`` claude echoes our message only after the
+        text deltas, so waiting for the echo would hold back all streaming.  While our
+        request waits and claude had not begun a turn of its own, the turn is streamed
+        at once; the *answer* is still given only once the echo proves whose it is.
+        """
+        turn = self._turn
+        if turn is not None and turn.kind == "prompt" and turn.uuid is not None and self._tool is None:
+            if self.keep_stream_events or obj.get("type") != "stream_event":
+                self._cut.events.append(obj)
+                self._streamed.add(id(obj))
+
+    def _turn_ends(self, obj: dict[str, Any]) -> None:
         """A ``result``: the running claude turn is over."""
         owner, self._owner = self._owner, None
         held, self._held = self._held, []
+        if owner != _PENDING:
+            self._streamed.clear()
         turn = self._turn
         if owner is not None and owner not in (_PENDING, _STALE):
             if turn is not None and turn.kind == "prompt" and (owner == _POSITIONAL or owner == turn.uuid):
@@ -419,10 +541,15 @@ class ClaudeFramer(Framer):
         frame.unsolicited = True
         self._cut.frames.append(frame)
 
-    def _record(self, turn: _TurnState, obj: Dict[str, Any], line: bytes) -> None:
+    def _record(self, turn: _TurnState, obj: dict[str, Any], line: bytes) -> None:
         """Stream ``obj`` to the caller and keep it for the Response, up to ``max_bytes``."""
+        if not self.keep_stream_events and obj.get("type") == "stream_event":
+            return  # asked for by the stall watchdog only
         if turn.kind == "prompt":
-            self._cut.events.append(obj)
+            if self._streamed and id(obj) in self._streamed:
+                self._streamed.discard(id(obj))  # streamed ahead already
+            else:
+                self._cut.events.append(obj)
         turn.size += len(line) + 1
         if turn.overflow:  # past the limit, events still stream but are not kept
             return
@@ -437,7 +564,7 @@ class ClaudeFramer(Framer):
         turn.raw += line + b"\n"
         turn.events.append(obj)
 
-    def _prompt_line(self, turn: _TurnState, obj: Dict[str, Any], line: bytes) -> None:
+    def _prompt_line(self, turn: _TurnState, obj: dict[str, Any], line: bytes) -> None:
         self._record(turn, obj, line)
         kind = obj.get("type")
         if kind == "system" and obj.get("subtype") == "init":
@@ -445,24 +572,73 @@ class ClaudeFramer(Framer):
             turn.model = obj.get("model", turn.model)
         elif kind == "assistant":
             turn.texts.append(_assistant_text(obj))
-        elif kind == "user" and turn.interrupt_requested and _is_interrupt_marker(obj):
-            turn.marker_seen = True  # only after our interrupt: a tool result may quote the marker
+            for block in _blocks(obj):
+                if block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+                    call = {"id": block["id"], "name": block.get("name"), "input": block.get("input"),
+                            "result": None, "is_error": None}
+                    turn.tool_calls.append(call)
+                    turn.open_tools[block["id"]] = call
+        elif kind == "user":
+            if turn.interrupt_requested and _is_interrupt_marker(obj):
+                turn.marker_seen = True  # only after our interrupt: a tool result may quote the marker
+            for block in _blocks(obj):
+                call: dict[str, Any] | None = None
+                if block.get("type") == "tool_result":
+                    call = turn.open_tools.pop(str(block.get("tool_use_id")), None)
+                if call is not None:
+                    call["result"] = _result_text(block.get("content"))
+                    call["is_error"] = bool(block.get("is_error", False))
+        elif kind == "system" and obj.get("subtype") == "api_retry":
+            turn.retries.append({k: v for k, v in obj.items() if k not in ("type", "subtype", "uuid", "session_id")})
 
-    def _control_request(self, obj: Dict[str, Any], line: bytes) -> None:
-        """claude asks its client something: answer with an error at once, never leave it waiting."""
+    def _control_request(self, obj: dict[str, Any], line: bytes) -> None:
+        """claude asks its client something: the broker answers off this thread; without one, refuse at once."""
         request = obj.get("request") or {}
         subtype = request.get("subtype")
+        broker = self.broker
+        if broker is not None:
+            turn = self._turn if self._turn is not None and self._turn.kind == "prompt" else None
+            records = turn.control_calls if turn is not None else None
+            request_id, answering, slot = obj.get("request_id"), self._answering, self.slot
+            answering.add(request_id)
+
+            def answer() -> bytes:
+                try:
+                    data, record = broker.answer(slot, obj)
+                finally:
+                    answering.discard(request_id)  # set.discard is atomic: no lock needed
+                if records is not None:
+                    records.append(record)  # before claude gets the answer, so before the result line
+                return data
+
+            self._cut.calls.append(answer)
+            self._route(obj, line)
+            return
         log.warning("claude asked for %r, which this adapter does not answer; it was refused so the turn goes "
                     "on (avoid options that make claude ask its client, such as --permission-prompt-tool stdio)",
                     subtype)
-        answer = {"type": "control_response", "response": {
+        refusal = {"type": "control_response", "response": {
             "subtype": "error", "request_id": obj.get("request_id"),
             "error": f"toolpool: no handler for control request {subtype!r}"}}
-        self._cut.send += json.dumps(answer).encode("ascii") + b"\n"
+        self._cut.send += json.dumps(refusal).encode("ascii") + b"\n"
         self._route(obj, line)
 
-    def _control_response(self, obj: Dict[str, Any], line: bytes) -> None:
+    def _control_response(self, obj: dict[str, Any], line: bytes) -> None:
         response = obj.get("response") or {}
+        future = self._controls.pop(str(response.get("request_id")), None)
+        if future is not None:  # one of ours (begin_control): resolved off the reader thread
+            error = response.get("error") if response.get("subtype") == "error" else None
+            body: dict[str, Any] = response["response"] if isinstance(response.get("response"), dict) else {}
+
+            def resolve() -> bytes:
+                if error is not None:
+                    future.set_exception(ControlError(f"claude refused the control request: {error}"))
+                else:
+                    future.set_result(body)
+                return b""
+
+            self._cut.calls.append(resolve)
+            return
         turn = self._turn
         if turn is not None and turn.kind == "ready" and response.get("request_id") == READY_REQUEST_ID:
             self._turn = None
@@ -487,12 +663,12 @@ class ClaudeFramer(Framer):
         if self._owner is not None and self._owner in (turn.uuid, _POSITIONAL):
             self._owner = _STALE
 
-    def _finish(self, turn: _TurnState, result: Optional[Dict[str, Any]]) -> Frame:
+    def _finish(self, turn: _TurnState, result: dict[str, Any] | None) -> Frame:
         """The final frame of ``turn``; ``result`` None for an interrupted turn without one."""
         if turn is self._turn:
             self._turn = None
-        fields: Dict[str, Any] = {"session_id": turn.session_id, "events": turn.events}
-        meta: Dict[str, Any] = {"model": turn.model}
+        fields: dict[str, Any] = {"session_id": turn.session_id, "events": turn.events}
+        meta: dict[str, Any] = {"model": turn.model}
         for key, value in (result or {}).items():
             if key in _RESULT_FIELDS:
                 fields[_RESULT_FIELDS[key]] = value
@@ -500,11 +676,25 @@ class ClaudeFramer(Framer):
                 # Never let a new result key shadow a Response attribute.
                 meta[f"result_{key}" if key in _RESPONSE_ATTRS else key] = value
         if result is None:
-            meta["subtype"] = "interrupted"
+            meta["subtype"] = "stalled" if turn.stalled is not None else "interrupted"
         fields["is_error"] = True if result is None else bool(result.get("is_error", False))
         meta["interrupted"] = turn.marker_seen or (turn.interrupt_requested and fields["is_error"])
+        fields["tool_calls"] = turn.tool_calls
+        meta["control_calls"] = turn.control_calls
+        meta["permission_decisions"] = [c for c in turn.control_calls if c.get("kind") == "can_use_tool"]
+        meta["api_retries"] = turn.retries
+        meta["stalled"] = turn.stalled is not None
         fields.update(meta)
         text = (result or {}).get("result")
+        limit = _LIMIT_STOPS.get(str(meta.get("subtype")))
+        if limit is not None:  # a limit of ours stopped it: an error that says which, never an empty text
+            fields["is_error"] = True
+            if not (isinstance(text, str) and text.strip()):
+                text = limit.format(num_turns=fields.get("num_turns"), cost=fields.get("cost_usd"))
+        elif turn.stalled is not None:
+            text = (f"the API stream stalled: claude printed nothing for {turn.stalled:g}s while waiting on the "
+                    "API, so the turn was ended and claude interrupted; raise ClaudeAdapter(stall_timeout=...) "
+                    "for a slow API, or None to wait as long as claude does (5 minutes)")
         if not isinstance(text, str):  # interrupted: what the model had said so far
             text = "\n".join(t for t in turn.texts if t)
         return Frame(raw=bytes(turn.raw), text=text, fields=fields)
@@ -537,45 +727,112 @@ class ClaudeFramer(Framer):
                              final=True)
 
 
+T = TypeVar("T")
+#: An option given for the whole pool, or per slot as a function of the slot index.
+PerSlot: TypeAlias = T | Callable[[int], T]
+
+#: Pool-suited failure defaults: an API that is down, hangs or stays overloaded reaches the
+#: caller as an is_error Response in well under a minute instead of claude's 3 to 10 minutes.
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_API_TIMEOUT = 10.0
+DEFAULT_STALL_TIMEOUT = 30.0
+
+#: Longest value we put in one argv item; Linux refuses one of 128 KiB (E2BIG).
+MAX_ARG_BYTES = 64 * 1024
+
+RESUME_FAILED = "resume_failed"
+
+
+def _for_slot(value: PerSlot[Any], slot: int) -> Any:
+    return value(slot) if callable(value) else value
+
+
+def _names(value: Any, option: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{option} must be a list of strings, got {value!r}")
+    return list(value)
+
+
 class ClaudeAdapter(Adapter):
-    shareable = False  # per-slot config directories: one pool at a time
     """Claude Code's ``claude`` CLI (see the module docs for modes and contracts).
 
-    ``cli_path``: the executable (default: ``claude`` on PATH).  ``model``,
-    ``permission_mode``, ``allowed_tools``, ``system_prompt``, ``resume`` and
-    ``include_partial_messages`` map to claude's options of the same name;
-    ``no_session_persistence`` adds ``--no-session-persistence``;
-    ``extra_args`` are appended verbatim.  ``env`` is merged over the parent
-    environment after ``CLAUDECODE``/``CLAUDE_CODE_ENTRYPOINT`` are removed
-    and the quiet switches (:data:`QUIET_ENV`) set, so ``env`` can override
-    them; ``max_retries`` sets ``CLAUDE_CODE_MAX_RETRIES`` (claude's default
-    retries a dead server for minutes; 0 fails in well under a second).
-    Each slot gets its own ``CLAUDE_CONFIG_DIR``: ``<config_dir>/slot-N`` if
-    ``config_dir`` is given (kept), else a temporary directory the adapter
-    removes in :meth:`close`.  It survives restarts of the slot, so a
-    restarted instance can ``resume`` a session its slot saved (sessions are
-    stored per config dir and working directory).  ``resume_on_restart``
-    (session mode): a slot's new process resumes the last session that slot
-    answered in, so a crash or recycle keeps the conversation.
+    ``cli_path``: the executable; None finds it like ``toolpool doctor``
+    (``$TOOLPOOL_CLAUDE``, PATH, the install cache).
+
+    Options mapped onto claude's (each may be a function of the slot index,
+    for per-instance values): ``cwd``, ``model``, ``fallback_model``,
+    ``system_prompt`` / ``append_system_prompt`` (written to a file in the
+    slot's config dir and passed with ``--system-prompt-file``: no argv item
+    can get too long), ``allowed_tools``, ``disallowed_tools``, ``tools``,
+    ``permission_mode``, ``max_turns``, ``max_budget_usd``, ``mcp_config``
+    (path, JSON text or dict), ``settings`` (same), ``add_dirs``, ``effort``,
+    ``json_schema`` (dict: the answer lands in ``Response.structured_output``).
+    ``extra_args`` are appended verbatim.
+
+    Failure defaults suited to a pool: ``max_retries`` (``CLAUDE_CODE_MAX_RETRIES``,
+    default 2), ``api_timeout`` (``API_TIMEOUT_MS``, seconds per API request
+    before headers, default 10) and ``stall_timeout`` (seconds without output
+    while waiting on the API before the turn ends in an error, default 30;
+    None turns the watchdog off).  None for ``max_retries``/``api_timeout``
+    leaves claude's own defaults (10 retries over minutes, 600 s).
+
+    Control protocol (session mode): ``can_use_tool`` (adds
+    ``--permission-prompt-tool stdio``), ``hooks`` and ``tool_servers``
+    (in-process MCP tools) are answered by one :class:`ControlBroker` for the
+    whole pool, each callback bounded by ``callback_timeout``.
+
+    ``env`` is merged over the parent environment after ``CLAUDECODE``/
+    ``CLAUDE_CODE_ENTRYPOINT`` are removed and the quiet switches
+    (:data:`QUIET_ENV`) set, so ``env`` can override them.  Each slot gets
+    its own ``CLAUDE_CONFIG_DIR``: ``<config_dir>/slot-N`` if ``config_dir`` is
+    given (kept), else a temporary directory removed in :meth:`close`.
+    ``resume_on_restart`` (session mode): a slot's new process resumes the
+    last session that slot answered in.  A resume that fails (the transcript
+    is gone) is dropped for that slot's next start, which begins a fresh
+    session; the next Response says so in ``meta["session_reset"]``.
     ``interrupt_settle``: see the module docs.  The liveness probe (pool
     ``health_check_interval``) is an ``initialize`` request: no API call.
+
+    Prompts: a ``str`` or a list of content blocks (strings, :class:`Image`,
+    Messages API block dicts).  ``mode="oneshot"`` sends its one prompt as a
+    stream-json line too, so a pre-spawned process waits for it indefinitely.
     """
 
     name = "claude"
+    shareable = False  # per-slot config directories: one pool at a time
 
-    def __init__(self, cli_path: Optional[str] = None, *, model: Optional[str] = None, cwd: Optional[str] = None,
-                 env: Optional[Mapping[str, str]] = None, extra_args: Sequence[str] = (), mode: str = "session",
-                 permission_mode: Optional[str] = None, allowed_tools: Optional[Sequence[str]] = None,
-                 system_prompt: Optional[str] = None, resume: Optional[str] = None,
-                 resume_on_restart: bool = False,
+    def __init__(self, cli_path: str | None = None, *, model: PerSlot[str | None] = None,
+                 cwd: PerSlot[str | None] = None, env: Mapping[str, str] | None = None,
+                 extra_args: Sequence[str] = (), mode: str = "session",
+                 permission_mode: PerSlot[str | None] = None,
+                 allowed_tools: PerSlot[Sequence[str] | None] = None,
+                 disallowed_tools: PerSlot[Sequence[str] | None] = None,
+                 tools: PerSlot[Sequence[str] | None] = None,
+                 system_prompt: PerSlot[str | None] = None,
+                 append_system_prompt: PerSlot[str | None] = None,
+                 fallback_model: PerSlot[str | None] = None, effort: PerSlot[str | None] = None,
+                 max_turns: int | None = None, max_budget_usd: float | None = None,
+                 mcp_config: PerSlot[Any] = None, settings: PerSlot[Any] = None,
+                 add_dirs: PerSlot[Sequence[str] | None] = None,
+                 json_schema: Mapping[str, Any] | None = None,
+                 can_use_tool: CanUseTool | None = None, hooks: Sequence[Hook] = (),
+                 tool_servers: Sequence[ToolServer] = (), callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+                 resume: str | None = None, resume_on_restart: bool = False,
                  include_partial_messages: bool = False, no_session_persistence: bool = False,
-                 max_retries: Optional[int] = None, start_timeout: float = 60.0,
+                 max_retries: int | None = DEFAULT_MAX_RETRIES,
+                 api_timeout: float | None = DEFAULT_API_TIMEOUT,
+                 stall_timeout: float | None = DEFAULT_STALL_TIMEOUT, start_timeout: float = 60.0,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, config_dir: Optional[str] = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, config_dir: str | None = None,
                  interrupt_settle: float = DEFAULT_INTERRUPT_SETTLE, stderr_tail_bytes: int = 8192,
                  warmup: Sequence[str] = ()) -> None:
-        super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
-                         stderr_tail_bytes=stderr_tail_bytes, warmup=warmup)
+        super().__init__(env=env, cwd=None if callable(cwd) else cwd, start_timeout=start_timeout,
+                         max_response_bytes=max_response_bytes, stderr_tail_bytes=stderr_tail_bytes,
+                         warmup=warmup)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "oneshot" and warmup:
@@ -583,12 +840,17 @@ class ClaudeAdapter(Adapter):
                              "so a warm-up would use up the process meant for the first request")
         if isinstance(extra_args, str) or not all(isinstance(a, str) for a in extra_args):
             raise ValueError("extra_args must be a list of strings (argv items), e.g. ['--effort', 'low']")
-        if isinstance(allowed_tools, str):
-            allowed_tools = [allowed_tools]
         if max_line_bytes < 1024:
             raise ValueError(f"max_line_bytes must be at least 1024, got {max_line_bytes!r}")
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be >= 0 or None, got {max_retries!r}")
+        for option, seconds in (("api_timeout", api_timeout), ("stall_timeout", stall_timeout)):
+            if seconds is not None and not seconds > 0:
+                raise ValueError(f"{option} must be > 0 seconds or None, got {seconds!r}")
+        if max_turns is not None and max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1 or None, got {max_turns!r}")
+        if max_budget_usd is not None and not max_budget_usd > 0:
+            raise ValueError(f"max_budget_usd must be > 0 or None, got {max_budget_usd!r}")
         if interrupt_settle <= 0:
             raise ValueError(f"interrupt_settle must be > 0 seconds, got {interrupt_settle!r}")
         if resume_on_restart and (mode != "session" or no_session_persistence):
@@ -596,75 +858,157 @@ class ClaudeAdapter(Adapter):
         if "CLAUDE_CONFIG_DIR" in self.env:
             raise ValueError("pass config_dir= instead of CLAUDE_CONFIG_DIR in env: each slot needs a "
                              "directory of its own (claude rewrites its config file on every start)")
+        self.broker = ControlBroker(can_use_tool=can_use_tool, hooks=hooks, tool_servers=tool_servers,
+                                    callback_timeout=callback_timeout)
+        if self.broker.active and mode != "session":
+            raise ValueError("can_use_tool, hooks and tool_servers need mode='session': a one-shot claude's "
+                             "stdin is closed after its prompt, so it could not get the answers")
+        self.json_schema = dict(json_schema) if json_schema is not None else None
+        if self.json_schema is not None and len(json.dumps(self.json_schema)) > MAX_ARG_BYTES:
+            raise ValueError(f"json_schema is larger than {MAX_ARG_BYTES} bytes as JSON; claude takes it as one "
+                             "argument, which Linux limits")
         self.cli_path = os.fspath(cli_path) if cli_path is not None else None
         self.mode = mode
         self.oneshot = mode == "oneshot"
         self.ready_on_spawn = self.oneshot
-        self.model = model
+        self._cwd_option = cwd
+        self.options: dict[str, Any] = {
+            "model": model, "fallback_model": fallback_model, "permission_mode": permission_mode,
+            "allowed_tools": allowed_tools, "disallowed_tools": disallowed_tools, "tools": tools,
+            "system_prompt": system_prompt, "append_system_prompt": append_system_prompt, "effort": effort,
+            "mcp_config": mcp_config, "settings": settings, "add_dirs": add_dirs,
+        }
+        self.model = model  # kept as attributes: older code reads them
         self.permission_mode = permission_mode
-        self.allowed_tools = list(allowed_tools) if allowed_tools is not None else None
+        self.allowed_tools = _names(allowed_tools, "allowed_tools") if not callable(allowed_tools) else None
         self.system_prompt = system_prompt
+        self.max_turns = max_turns
+        self.max_budget_usd = max_budget_usd
         self.resume = resume
         self.resume_on_restart = resume_on_restart
-        self._sessions: Dict[int, str] = {}  # slot -> last session id seen (resume_on_restart)
+        self._sessions: dict[int, str] = {}  # slot -> last session id seen (resume_on_restart)
+        self._no_resume: set[int] = set()  # slots whose resume failed: their next start is fresh
+        self._notes: dict[int, str] = {}  # slot -> what its next Response must tell (a dropped resume)
         self.include_partial_messages = include_partial_messages
         self.no_session_persistence = no_session_persistence
         self.max_retries = max_retries
+        self.api_timeout = api_timeout
+        self.stall_timeout = stall_timeout if mode == "session" else None
         self.extra_args = list(extra_args)
         self.max_line_bytes = int(max_line_bytes)
         self.interrupt_settle = float(interrupt_settle)
         self.config_dir = os.fspath(config_dir) if config_dir is not None else None
-        self._config_root: Optional[str] = self.config_dir
+        self._config_root: str | None = self.config_dir
         self._owns_config_root = False
-        self._cleanup: Optional[weakref.finalize] = None
+        self._cleanup: weakref.finalize[Any, Any] | None = None
         self._config_lock = threading.Lock()
+        self._spawning = threading.local()  # the slot being spawned on this thread (for new_framer)
 
     # -- process ---------------------------------------------------------------------
-    def command(self, slot: int) -> List[str]:
-        return self._argv(self._executable(), self._sessions.get(slot, self.resume))
+    def command(self, slot: int) -> list[str]:
+        self._spawning.slot = slot
+        return self._argv(self._executable(), self._resume_for(slot), slot, files=True)
 
-    def _argv(self, executable: str, resume: Optional[str]) -> List[str]:
-        argv = [executable, "-p"]
+    def _resume_for(self, slot: int) -> str | None:
+        if slot in self._no_resume:
+            return None
+        return self._sessions.get(slot, self.resume)
+
+    def _argv(self, executable: str, resume: str | None, slot: int, files: bool) -> list[str]:
+        """claude's argv for ``slot``; ``files`` False (status dumps) names the files without writing them."""
+        opt = {key: _for_slot(value, slot) for key, value in self.options.items()}
+        argv = [executable, "-p", "--input-format", "stream-json"]
         if not self.oneshot:
             # Each turn then starts with our message echoed, uuid included: how the framer
             # tells our turns from ones claude starts by itself.
-            argv += ["--input-format", "stream-json", "--replay-user-messages"]
+            argv.append("--replay-user-messages")
         argv += ["--output-format", "stream-json", "--verbose"]  # stream-json requires --verbose with -p
-        if self.model:
-            argv += ["--model", self.model]
-        if self.permission_mode:
-            argv += ["--permission-mode", self.permission_mode]
-        if self.allowed_tools is not None:
-            # One comma-joined value: the option is variadic and would swallow later arguments.
-            argv += ["--allowedTools", ",".join(self.allowed_tools)]
-        if self.system_prompt is not None:
-            argv += ["--system-prompt", self.system_prompt]
+        for key, flag in (("model", "--model"), ("fallback_model", "--fallback-model"),
+                          ("permission_mode", "--permission-mode"), ("effort", "--effort")):
+            if opt[key]:
+                argv += [flag, str(opt[key])]
+        # Each list as one comma-joined value: the options are variadic and would swallow later arguments.
+        for key, flag in (("allowed_tools", "--allowedTools"), ("disallowed_tools", "--disallowedTools"),
+                          ("tools", "--tools")):
+            names = _names(opt[key], key)
+            if names is not None:
+                argv += [flag, ",".join(names)]
+        for key, flag in (("system_prompt", "--system-prompt-file"),
+                          ("append_system_prompt", "--append-system-prompt-file")):
+            if opt[key] is not None:
+                argv += [flag, self._slot_file(slot, f"{key.replace('_', '-')}.txt", str(opt[key]), files)]
+        for key, flag in (("mcp_config", "--mcp-config"), ("settings", "--settings")):
+            if opt[key] is not None:
+                argv += [flag, self._json_arg(slot, key, opt[key], files)]
+        sdk_servers = self.broker.mcp_config()
+        if sdk_servers is not None:
+            argv += ["--mcp-config", sdk_servers]
+        if self.broker.can_use_tool is not None:
+            argv += ["--permission-prompt-tool", "stdio"]
+        for directory in _names(opt["add_dirs"], "add_dirs") or []:
+            argv += ["--add-dir", directory]
+        if self.max_turns is not None:
+            argv += ["--max-turns", str(self.max_turns)]
+        if self.max_budget_usd is not None:
+            argv += ["--max-budget-usd", repr(float(self.max_budget_usd))]
+        if self.json_schema is not None:
+            argv += ["--json-schema", json.dumps(self.json_schema)]
+        if self.include_partial_messages or self.stall_timeout is not None:
+            argv.append("--include-partial-messages")  # the stall watchdog needs a line per streamed chunk
         if resume:
             argv += ["--resume", resume]
-        if self.include_partial_messages:
-            argv.append("--include-partial-messages")
         if self.no_session_persistence:
             argv.append("--no-session-persistence")
         return argv + self.extra_args
 
+    def _slot_file(self, slot: int, name: str, text: str, write: bool) -> str:
+        """A file in the slot's config dir holding ``text`` (rewritten at each start)."""
+        if not write:
+            return f"<slot {slot} config dir>/{name}"
+        path = os.path.join(self.slot_config_dir(slot), name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def _json_arg(self, slot: int, key: str, value: Any, write: bool) -> str:
+        """A path or JSON text as given; a dict (or long text) through a file in the slot's config dir."""
+        if isinstance(value, (str, os.PathLike)):
+            text = os.fspath(value)
+            if len(text.encode()) <= MAX_ARG_BYTES:
+                return text
+        else:
+            text = json.dumps(value)
+        return self._slot_file(slot, f"{key.replace('_', '-')}.json", text, write)
+
     def _executable(self) -> str:
-        """``cli_path`` (or ``claude``) resolved like exec would; ToolNotFoundError with an install hint."""
-        name = self.cli_path or "claude"
+        """``cli_path`` (or claude found like ``toolpool doctor`` does); ToolNotFoundError naming the fixes."""
+        if self.cli_path is None:
+            found = find_tool("claude")
+            if found is None:
+                raise ToolNotFoundError("claude", f"{where_looked('claude')}; {INSTALL_HINT}")
+            return found
+        name = self.cli_path
         if os.sep in name:
             if os.path.isfile(name) and os.access(name, os.X_OK):
                 return name
-            raise ToolNotFoundError(name, f"the path does not exist or is not executable; {INSTALL_HINT}")
+            raise ToolNotFoundError(name, f"cli_path does not exist or is not executable; {INSTALL_HINT}")
         found = shutil.which(name, path=self.env.get("PATH", os.environ.get("PATH", os.defpath)))
         if found is None:
-            raise ToolNotFoundError(name, f"it is not on PATH; {INSTALL_HINT}")
+            raise ToolNotFoundError(name, f"cli_path={name!r} is not on PATH; {INSTALL_HINT}")
         return found
 
-    def environment(self, slot: int) -> Dict[str, str]:
-        """Parent env minus parent-session markers, quiet switches, ``env``, a private config dir."""
+    def working_dir(self, slot: int) -> str | None:
+        cwd = _for_slot(self._cwd_option, slot)
+        return os.fspath(cwd) if cwd is not None else None
+
+    def environment(self, slot: int) -> dict[str, str]:
+        """Parent env minus parent-session markers, quiet switches, failure defaults, ``env``, a config dir."""
         env = {k: v for k, v in os.environ.items() if k not in PARENT_SESSION_ENV}
         env.update(QUIET_ENV)
         if self.max_retries is not None:
             env["CLAUDE_CODE_MAX_RETRIES"] = str(self.max_retries)
+        if self.api_timeout is not None:
+            env["API_TIMEOUT_MS"] = str(int(self.api_timeout * 1000))
         env.update(self.env)
         env["CLAUDE_CONFIG_DIR"] = self.slot_config_dir(slot)
         return env
@@ -683,7 +1027,8 @@ class ClaudeAdapter(Adapter):
         return path
 
     def close(self) -> None:
-        """Remove the temporary config directories (never a ``config_dir`` given by the caller)."""
+        """Stop the callback threads; remove the temporary config directories (never a given ``config_dir``)."""
+        self.broker.close()
         with self._config_lock:
             owned, cleanup = self._owns_config_root, self._cleanup
             if owned:
@@ -693,46 +1038,67 @@ class ClaudeAdapter(Adapter):
             cleanup()
 
     # -- protocol --------------------------------------------------------------------
-    def handshake(self) -> Optional[bytes]:
-        return None if self.oneshot else _control_request(READY_REQUEST_ID, "initialize")
+    def handshake(self) -> bytes | None:
+        """``initialize``, registering the pool's hooks (session mode)."""
+        return None if self.oneshot else control_line(READY_REQUEST_ID, self.broker.initialize_request())
 
-    def encode(self, prompt: str) -> bytes:
-        """One stream-json user line (session), or the raw prompt text (oneshot).
+    def encode(self, prompt: Any) -> bytes:
+        """One stream-json user line; ``prompt`` is a str or a list of content blocks.
 
         ``json.dumps`` escapes newlines and non-ASCII, so the line can never be
-        split: a malformed line makes claude exit.  Raises ValueError for a
-        prompt claude cannot take (an empty oneshot prompt makes it exit).
+        split: a malformed line makes claude exit.  Raises TypeError/ValueError
+        for a prompt claude cannot take (an empty one-shot prompt, a bad block).
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
-        if not self.oneshot:
+        content = content_of(prompt)
+        line: dict[str, Any] = {"type": "user", "message": {"role": "user", "content": content}}
+        if self.oneshot:
+            if is_empty(content):
+                raise ValueError("prompt is empty; claude -p exits without answering an empty prompt")
+        else:
             # The uuid comes last: the framer finds it there without parsing the line again.
-            line = {"type": "user", "message": {"role": "user", "content": prompt}, "uuid": str(uuidlib.uuid4())}
-            return json.dumps(line).encode("ascii") + b"\n"
-        if not prompt.strip():
-            raise ValueError("prompt is empty; claude -p exits without answering an empty prompt")
-        return encode_text(prompt, self.encoding)
+            line["uuid"] = str(uuidlib.uuid4())
+        return json.dumps(line).encode("ascii") + b"\n"
 
-    def new_framer(self) -> Framer:
+    def new_framer(self, slot: int | None = None) -> Framer:
+        if slot is None:  # the instance calls command(slot) just before, on the same thread
+            slot = getattr(self._spawning, "slot", -1)
         return ClaudeFramer(session=not self.oneshot, max_bytes=self.max_response_bytes,
-                            max_line_bytes=self.max_line_bytes, interrupt_settle=self.interrupt_settle)
+                            max_line_bytes=self.max_line_bytes, interrupt_settle=self.interrupt_settle,
+                            broker=self.broker, slot=slot if slot is not None else -1,
+                            stall_timeout=self.stall_timeout, keep_stream_events=self.include_partial_messages)
 
     def interrupt(self, control: Control) -> None:
         """Session: nothing more (the framer's control ``interrupt`` was written).  Oneshot: SIGINT."""
         if self.oneshot:
             control.signal_process(signal.SIGINT)
 
-    def liveness_probe(self) -> Optional[bytes]:
+    def liveness_probe(self) -> bytes | None:
         """Session mode: another ``initialize`` (answered in ms, no API call, context kept)."""
-        return self.handshake()
+        return None if self.oneshot else _control_request(READY_REQUEST_ID, "initialize")
 
     def observe(self, slot: int, response: Any) -> None:
-        """Remember the slot's session, for ``resume_on_restart``."""
+        """Remember the slot's session (``resume_on_restart``); tell of a resume that was dropped."""
+        note = self._notes.pop(slot, None)
+        if note is not None and isinstance(getattr(response, "meta", None), dict):
+            response.meta["session_reset"] = note
         session_id = getattr(response, "session_id", None)
         if self.resume_on_restart and session_id:
             self._sessions[slot] = session_id
+            self._no_resume.discard(slot)
 
-    def diagnose(self, stdout_tail: str, stderr_tail: str) -> Optional[str]:
+    def start_failed(self, slot: int, error: BaseException) -> None:
+        """A start that resumed a session failed: the slot's next start is a fresh session, never FATAL."""
+        resumed = self._resume_for(slot)
+        if resumed is None or isinstance(error, ToolNotFoundError):
+            return
+        self._no_resume.add(slot)
+        self._sessions.pop(slot, None)
+        why = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        self._notes[slot] = (f"resuming session {resumed} failed ({why}); instance {slot} started a fresh "
+                             "session without the earlier conversation")
+        log.warning("claude instance %d: %s", slot, self._notes[slot])
+
+    def diagnose(self, stdout_tail: str, stderr_tail: str) -> str | None:
         if self.oneshot:
             return None
         if not stdout_tail.strip() and not stderr_tail.strip():
@@ -741,7 +1107,7 @@ class ClaudeAdapter(Adapter):
         return "see claude's stderr tail below" if stderr_tail.strip() else None
 
     # -- status ----------------------------------------------------------------------
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """Mode and argv (secrets redacted), env *keys* only: never values or API keys."""
         from ..redact import redact
 
@@ -749,10 +1115,12 @@ class ClaudeAdapter(Adapter):
             "name": self.name,
             "mode": self.mode,
             "transport": self.transport,
-            "command": redact_argv(self._argv(self.cli_path or "claude", self.resume)),
+            "command": redact_argv(self._argv(self.cli_path or "claude", self.resume, 0, files=False)),
             "cwd": self.cwd,
             "env_keys": sorted(self.env),
             "oneshot": self.oneshot,
             "max_retries": self.max_retries,
+            "api_timeout": self.api_timeout,
+            "stall_timeout": self.stall_timeout,
             "config_dir": self.config_dir,
         })
