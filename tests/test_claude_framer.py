@@ -1,8 +1,11 @@
 """The claude stream-json framer and adapter, without processes.
 
-The captures in /work/shared/reference/samples/ (recorded from the real claude
-2.1.197) are replayed through the framer; a ``>>> `` line in a capture is what
-was written to claude's stdin at that point.
+The captures in tests/captures/ (recorded from the real claude by
+scripts/record-captures.py, offline against FakeAnthropicServer, with the
+adapter's own command line) are replayed through the framer.  In a capture a
+``>>> `` line is what was written to claude's stdin at that point and ``# ``
+lines are the recorder's comments.  The assertions hold for any re-recording:
+texts and token counts come from the fake, ids and durations from the capture.
 """
 
 from __future__ import annotations
@@ -10,16 +13,16 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any
 
 import pytest
 
-from toolpool.adapters.claude import (QUIET_ENV, READY_REQUEST_ID, ClaudeAdapter, ClaudeFramer, text_delta)
+from toolpool.adapters.claude import QUIET_ENV, READY_REQUEST_ID, ClaudeAdapter, ClaudeFramer, text_delta
 from toolpool.errors import ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
 
 pytestmark = pytest.mark.timeout(30)
 
-SAMPLES = os.environ.get("TOOLPOOL_REFERENCE_SAMPLES", "/work/shared/reference/samples")
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captures")
 
 
 class Driver:
@@ -27,15 +30,15 @@ class Driver:
 
     def __init__(self, framer: ClaudeFramer) -> None:
         self.framer = framer
-        self.unsolicited: List[Any] = []  # frames of turns claude ran by itself
+        self.unsolicited: list[Any] = []  # frames of turns claude ran by itself
         self.tool_turns = 0  # how often the framer said claude began a turn by itself
         self.sent = b""  # what the framer asked to write (control responses, interrupts)
-        self.turns: Deque[str] = collections.deque()
+        self.turns: collections.deque[str] = collections.deque()
         self.failed: set = set()
-        self.results: List[Tuple[str, Any]] = []  # (turn name, Frame or exception), in completion order
-        self.events: List[dict] = []
+        self.results: list[tuple[str, Any]] = []  # (turn name, Frame or exception), in completion order
+        self.events: list[dict] = []
 
-    def begin(self, name: str, prompt: Optional[str], data: bytes = b"") -> None:
+    def begin(self, name: str, prompt: str | None, data: bytes = b"") -> None:
         assert not self.turns, f"instance would refuse a send while {list(self.turns)} is pending"
         self.turns.append(name)
         self.framer.start_turn(prompt, data)
@@ -80,94 +83,194 @@ class Driver:
         return found[0]
 
 
-def replay(path: str, chunk: int = 0) -> Driver:
+def capture(name: str) -> list[str]:
+    with open(os.path.join(CAPTURES, name), encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def output(name: str) -> list[dict[str, Any]]:
+    """What claude printed, parsed."""
+    return [json.loads(line) for line in capture(name) if not line.startswith(("# ", ">>> "))]
+
+
+def of_type(name: str, kind: str, subtype: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in output(name) if o["type"] == kind and (subtype is None or o.get("subtype") == subtype)]
+
+
+def sent(name: str) -> list[dict[str, Any]]:
+    """What was written to claude's stdin, parsed (a str: a oneshot prompt, then stdin was closed)."""
+    return [json.loads(line[4:]) for line in capture(name) if line.startswith(">>> ")]
+
+
+def after_prompt(name: str, prompt: str, results: int = 1) -> list[dict[str, Any]]:
+    """What claude printed after ``prompt`` was sent, up to and including the ``results``-th result line."""
+    lines, found = capture(name), []
+    start = next(i for i, line in enumerate(lines) if line.startswith(">>> ") and
+                 json.loads(line[4:]).get("message", {}).get("content") == prompt)
+    for line in lines[start + 1:]:
+        if not line.startswith(("# ", ">>> ")):
+            found.append(json.loads(line))
+            results -= found[-1]["type"] == "result"
+            if not results:
+                return found
+    raise AssertionError(f"{name}: no result after {prompt!r}")
+
+
+def check_turn(events: list[dict[str, Any]], uuid: str | None) -> None:
+    """A claude turn as toolpool sees it: system/init first, our echoed message in it, the result last."""
+    assert events[0]["type"] == "system" and events[0]["subtype"] == "init"
+    assert events[-1]["type"] == "result" and "assistant" in [e["type"] for e in events]
+    assert [e["uuid"] for e in events if e.get("isReplay")] == ([uuid] if uuid else [])
+
+
+def exit_code(name: str) -> int:
+    [code] = [int(line.rsplit(" ", 1)[1]) for line in capture(name) if line.startswith("# stdin closed; exit code")]
+    return code
+
+
+def words(text: str) -> int:
+    """The fake's token count for ``text``."""
+    return len(text.split())
+
+
+def replay(name: str, chunk: int = 0, session: bool = True) -> Driver:
     """Feed a capture through a framer, acting on its ``>>>`` stdin lines like an instance would."""
-    driver = Driver(ClaudeFramer(session=True))
-    lines = open(os.path.join(SAMPLES, path), encoding="utf-8").read().splitlines()
-    if not any(line.startswith(">>> ") for line in lines):
-        driver.begin("turn-0", "?")  # a capture of turns only: a new turn starts after each result
-    n = 0
-    for line in lines:
-        if line.startswith(">>> "):
-            sent = json.loads(line[4:])
-            if sent["type"] == "control_request" and sent["request"]["subtype"] == "initialize":
-                driver.begin("ready", None)
-            elif sent["type"] == "control_request" and sent["request"]["subtype"] == "interrupt":
-                assert b'"interrupt"' in driver.interrupt()
-            else:
-                # The instance only sends once the previous turn is over, so any
-                # settle period has passed by now.
-                driver.quiet()
-                driver.begin(sent["message"]["content"], sent["message"]["content"])
+    driver = Driver(ClaudeFramer(session=session))
+    for line in capture(name):
+        if line.startswith("# "):
             continue
-        # The captures used their own initialize id.
-        driver.feed((line.replace('"request_id":"init-1"', f'"request_id":"{READY_REQUEST_ID}"') + "\n").encode(),
-                    chunk)
-        if not any(line.startswith(">>> ") for line in lines) and '"type":"result"' in line[:20]:
-            n += 1
-            driver.begin(f"turn-{n}", "?")
+        if not line.startswith(">>> "):
+            driver.feed((line + "\n").encode(), chunk)
+            continue
+        data = (line[4:] + "\n").encode()
+        message = json.loads(line[4:])
+        if isinstance(message, str):  # a prompt written as plain text (then stdin was closed)
+            driver.begin(message, message, data)
+        elif message["type"] == "control_request" and message["request"]["subtype"] == "initialize":
+            driver.begin("ready", None)
+        elif message["type"] == "control_request" and message["request"]["subtype"] == "interrupt":
+            assert driver.interrupt() == data  # the recording sent what the framer asks for
+        else:
+            # The instance only sends once the previous turn is over, so any
+            # settle period has passed by now.
+            driver.quiet()
+            driver.begin(message["message"]["content"], message["message"]["content"], data)
+    driver.exit(exit_code(name))
     return driver
 
 
 def test_one_turn_fields():
-    d = replay("claude_stream_sample.jsonl")
-    r = d.result("turn-0")
+    name = "claude_stream_sample.jsonl"
+    d = replay(name)
+    assert d.result("ready").fields["control_response"]["request_id"] == READY_REQUEST_ID
+    r = d.result("hello")
+    [init], [result] = of_type(name, "system", "init"), of_type(name, "result")
     assert r.text == "ECHO: hello" and r.final
     f = r.fields
-    assert f["session_id"] == "266fd9fa-4214-427d-9376-40182e951551"
+    assert f["session_id"] == init["session_id"] == result["session_id"]
     assert f["is_error"] is False and f["num_turns"] == 1
-    assert f["cost_usd"] == pytest.approx(0.0001)
-    assert f["usage"]["output_tokens"] == 2
-    assert [e["type"] for e in f["events"]] == ["system", "assistant", "result"]
-    assert f["subtype"] == "success" and f["duration_ms"] == 196 and f["model"] == "claude-opus-4-8[1m]"
+    assert f["cost_usd"] == result["total_cost_usd"] and f["usage"] == result["usage"]
+    assert f["usage"]["output_tokens"] == words("ECHO: hello")
+    expected = after_prompt(name, "hello")
+    assert f["events"] == expected and d.events == expected  # every line of the turn, in order
+    check_turn(f["events"], sent(name)[1]["uuid"])
+    assert f["subtype"] == "success" and f["duration_ms"] == result["duration_ms"] and f["model"] == init["model"]
     assert f["interrupted"] is False
-    assert r.raw.count(b"\n") == 3 and d.events == f["events"]
+    assert r.raw.count(b"\n") == len(expected)
+    assert not d.turns and not d.unsolicited and d.tool_turns == 0
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 7, 4096])
 def test_two_turns_any_chunking(chunk):
-    d = replay("claude_stream_input_sample.jsonl", chunk)
-    first, second = d.result("turn-0"), d.result("turn-1")
+    name = "claude_stream_input_sample.jsonl"
+    d = replay(name, chunk)
+    first, second = d.result("first prompt"), d.result("second prompt")
     assert first.text == "ECHO: first prompt" and second.text == "ECHO: second prompt"
-    assert first.fields["session_id"] == second.fields["session_id"]
+    assert first.fields["session_id"] == second.fields["session_id"] == of_type(name, "result")[1]["session_id"]
+    assert [r.fields["usage"]["output_tokens"] for r in (first, second)] == [3, 3]  # the fake counts words
+    assert first.fields["events"] == after_prompt(name, "first prompt")
+    assert second.fields["events"] == after_prompt(name, "second prompt")
+    assert not d.turns and [n for n, _ in d.results] == ["ready", "first prompt", "second prompt"]
 
 
 def test_partial_messages_stream_text_deltas():
-    d = replay("claude_stream_partial_sample.jsonl")
-    assert d.result("turn-0").text == "ECHO: hello"
+    name = "claude_stream_partial_sample.jsonl"
+    d = replay(name)
+    assert d.result("hello").text == "ECHO: hello"
     assert "".join(filter(None, map(text_delta, d.events))) == "ECHO: hello"
-    assert [e["event"]["type"] for e in d.events if e["type"] == "stream_event"][:2] == \
-        ["message_start", "content_block_start"]
+    streamed = [e["event"]["type"] for e in d.events if e["type"] == "stream_event"]
+    assert streamed == [o["event"]["type"] for o in of_type(name, "stream_event")]
+    assert streamed[:2] == ["message_start", "content_block_start"] and "content_block_delta" in streamed
     assert text_delta({"type": "assistant"}) is None
 
 
 def test_replayed_user_lines_are_not_interrupts():
-    d = replay("claude_replay_sample.jsonl")
-    assert d.result("turn-0").text == "ECHO: replay one" and d.result("turn-1").text == "ECHO: replay two"
+    name = "claude_replay_sample.jsonl"
+    d = replay(name)
+    one, two = d.result("replay one"), d.result("replay two")
+    assert one.text == "ECHO: replay one" and two.text == "ECHO: replay two"
+    assert not one.fields["interrupted"] and not two.fields["interrupted"]
+    # each answer is the turn whose echo carries the uuid its message was sent with
+    for response, message in zip((one, two), sent(name)[1:], strict=True):
+        check_turn(response.fields["events"], message["uuid"])
 
 
-def test_interrupt_with_prompt_result():
-    d = replay("claude_interrupt_sample.jsonl")
+def test_oneshot_capture():
+    name = "claude_oneshot_sample.jsonl"
+    [prompt] = sent(name)  # then stdin was closed
+    assert (prompt if isinstance(prompt, str) else prompt["message"]["content"]) == "hello" and exit_code(name) == 0
+    d = replay(name, session=False)
+    r = d.result("hello")
+    [init] = of_type(name, "system", "init")
+    assert r.text == "ECHO: hello" and r.fields["session_id"] == init["session_id"]
+    assert r.fields["events"] == after_prompt(name, "hello")
+    check_turn(r.fields["events"], None)  # no --replay-user-messages for a one-shot process
+    assert r.fields["usage"]["output_tokens"] == words("ECHO: hello") and not d.turns
+
+
+def interrupted_turn_result_line(name: str) -> tuple[int, int]:
+    """(index of the interrupted turn's result line, index of the next prompt's >>> line) in the capture."""
+    lines = capture(name)
+    nxt = next(i for i, line in enumerate(lines) if line.startswith(">>> ") and "after interrupt" in line)
+    result = next(i for i, line in enumerate(lines) if line.startswith('{"type":"result"') and
+                  json.loads(line)["is_error"])
+    return result, nxt
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 100])
+def test_interrupt_with_prompt_result(chunk):
+    name = "claude_interrupt_sample.jsonl"
+    result_at, next_prompt_at = interrupted_turn_result_line(name)
+    assert result_at < next_prompt_at  # the common case: the result before the next prompt
+    d = replay(name, chunk)
     assert d.result("ready").fields["control_response"]["subtype"] == "success"
-    slow = d.result("slow one [[sleep:4]]")
+    slow = d.result("slow one")
     assert slow.fields["is_error"] is True and slow.fields["interrupted"] is True
     assert slow.fields["subtype"] == "error_during_execution"  # ended by its own result
+    assert slow.text == ""  # the fake had not answered yet
     assert d.result("after interrupt").text == "ECHO: after interrupt"
+    assert not d.turns
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 100])
 def test_interrupt_with_late_result(chunk):
     """The interrupted turn's result arrives only after the next prompt: it must not end that turn."""
-    d = replay("claude_interrupt_delayed_result_sample.jsonl", chunk)
-    slow = d.result("slow one [[sleep:4]]")
+    name = "claude_interrupt_delayed_result_sample.jsonl"
+    result_at, next_prompt_at = interrupted_turn_result_line(name)
+    assert result_at > next_prompt_at  # the capture shows the race (recorded, or synthesised: see its comments)
+    d = replay(name, chunk)
+    slow = d.result("slow one")
     assert slow.fields["is_error"] is True and slow.fields["interrupted"] is True
     assert slow.fields["subtype"] == "interrupted" and slow.text == ""
     after = d.result("after interrupt")
     assert after.text == "ECHO: after interrupt" and after.fields["is_error"] is False
-    assert [e["type"] for e in after.fields["events"]] == ["system", "assistant", "result"]
+    late, *rest = after_prompt(name, "after interrupt", results=2)
+    assert late["type"] == "result" and late["is_error"] is True  # the interrupted turn's, printed late
+    assert after.fields["events"] == rest
+    check_turn(after.fields["events"], sent(name)[3]["uuid"])
     # the late result reached no turn's callback
     assert sum(1 for e in d.events if e["type"] == "result") == 1
-    assert not d.turns
+    assert not d.turns and not d.unsolicited
 
 
 def _line(obj: dict) -> bytes:
@@ -451,7 +554,7 @@ def test_an_interrupt_marker_quoted_by_a_tool_does_not_end_the_turn():
 
 
 # -- turns attributed by the uuid claude echoes (--replay-user-messages) -------------------------
-def _message(a: ClaudeAdapter, text: str) -> Tuple[bytes, str]:
+def _message(a: ClaudeAdapter, text: str) -> tuple[bytes, str]:
     data = a.encode(text)
     return data, json.loads(data)["uuid"]
 
