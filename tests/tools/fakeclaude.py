@@ -35,7 +35,7 @@ self_turns = 0
 def out(*objs: dict) -> None:
     with write_lock:
         for obj in objs:
-            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")  # compact, as claude prints
         sys.stdout.flush()
 
 
