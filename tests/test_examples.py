@@ -59,6 +59,12 @@ CASES: dict[str, tuple[str | None, float, list[str]]] = {
         "offline: FakeOpenAIServer", "2 aider instances ready", "calc.py: edited", "strings.py: edited",
         "paths.py: edited", "3 files changed, 3 insertions(+)",
         "calc.py: first line now '\"\"\"calc.py: part of the toolpool aider example.\"\"\"'"]),
+    "parallel_agents.py": ("aider", 300, [
+        "repository with 8 failing tests", "offline: FakeOpenAIServer", "4 aider agents ready",
+        "each in its own worktree", "8 tasks done", "checkout clean: True", "lib/calc.py: agent",
+        "modified lib/greet.py; test FAILS", "+    return a + b", "merged 7 of 8 fixes into main",
+        "main now: 7 of 8 tests pass; still failing: greet",
+        "worktrees left after shutdown: 0"]),
 }
 
 #: Examples that need a Python package beyond the test extra: skipped locally without it, failed in CI.
