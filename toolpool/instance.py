@@ -765,14 +765,17 @@ class Instance:
         writer = proc.writer
         if writer is not None and writer.has_pending():
             return True
-        if proc.transport.kind != "pipe":
+        if proc.transport.kind != "pipe" or self.adapter.unread_input_safe:
             return False  # a terminal's queue cannot be measured; prompts there are single short lines
+        fd = proc.transport.stdin_fd
+        if fd < 0:
+            return False  # input closed (one-shot tools): nothing more will be read
         try:
             unread = array.array("i", [0])
-            fcntl.ioctl(proc.transport.stdin_fd, termios.FIONREAD, unread, True)
+            fcntl.ioctl(fd, termios.FIONREAD, unread, True)
             return unread[0] > 0
         except OSError:
-            return False  # input closed (one-shot tools): nothing more will be read
+            return False
 
     def interrupt(self, expect_turn: int | None = None) -> bool:
         """Cancel the request turn in progress.  False if there is nothing to cancel.

@@ -240,6 +240,8 @@ FAKE_CLAUDE = textwrap.dedent('''\
             late = None
         text = msg["message"]["content"]
         out({"type": "system", "subtype": "init", "session_id": "fake", "model": "fake"})
+        if "--replay-user-messages" in sys.argv:  # as the real claude: the message, its uuid included
+            out(dict(msg, isReplay=True))
         if text == "bad":
             out("Warning: this line is not JSON")
         elif text == "long":

@@ -188,6 +188,10 @@ class Adapter:
     transport: str = "pipe"
     ready_on_spawn: bool = False
     oneshot: bool = False
+    #: True when a whole prompt the tool has not read yet is harmless after an interrupt (claude: each
+    #: message is a complete line whose late answer is recognised and dropped); then only a prompt
+    #: still half-written makes the instance replace the process instead of interrupting it.
+    unread_input_safe: bool = False
     #: False for adapters with per-slot state on disk (config dirs, private HOMEs): two pools
     #: using one at once would share slot N's state.  Such an adapter serves one pool at a time.
     shareable: bool = True
