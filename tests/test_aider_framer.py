@@ -428,7 +428,7 @@ def test_command_line(tmp_path):
     a = AiderAdapter("/opt/aider", model="openai/m", api_base="http://127.0.0.1:1/v1", api_key="sk-secret",
                      cwd=str(repo / "sub"), files=["calc.py"], edit_format="ask", extra_args=["--map-tokens", "0"])
     argv = a.command(3)
-    assert argv[0] == "/opt/aider" and "--yes-always" in argv and "--no-git" not in argv
+    assert argv[0] == "/opt/aider" and "--yes-always" not in argv and "--no-git" not in argv
     assert argv[argv.index("--model") + 1] == "openai/m" and argv[argv.index("--edit-format") + 1] == "ask"
     assert argv[argv.index("--file") + 1] == "calc.py" and argv[-2:] == ["--map-tokens", "0"]
     assert "slot-3" in argv[argv.index("--chat-history-file") + 1]

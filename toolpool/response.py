@@ -65,6 +65,10 @@ class Response:
     # aider's "Tokens: N sent, M received."
     tokens_sent: int | None = None
     tokens_received: int | None = None
+    #: aider: the files it applied edits to, and the edit blocks that failed to apply
+    #: (``{"path", "error"}``); None for other tools.  Its own commit goes to ``commit``.
+    edited_files: list[str] | None = None
+    edit_errors: list[dict[str, Any]] | None = None
     # anything else an adapter wants to report
     meta: dict[str, Any] = field(default_factory=dict)
     #: True for a turn the tool started by itself (e.g. claude after a background

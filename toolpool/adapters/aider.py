@@ -21,9 +21,12 @@ unchanged)::
 
 from __future__ import annotations
 
+import codecs
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,25 +34,50 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import SpawnError, ToolPoolError
+from .aider_turns import (
+    AiderQuestion,
+    ConfirmPolicy,
+    answer_bytes,
+    default_confirm,
+    question_at_end,
+    read_usage,
+    remove_usage_lines,
+    turn_report,
+    unclosed_fence,
+)
 from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer
 from .repl import PromptFramer, compile_prompt
+
+log = logging.getLogger(__name__)
+
+#: Files of the chat copied before each message turn (to undo a truncated whole-file write): bounds.
+SNAPSHOT_FILES = 64
+SNAPSHOT_BYTES = 1 << 20
+NONCONFORM_NOTE = "The LLM did not conform to the edit format."
+#: Quiet after a "Retrying in" notice that makes it aider's (its first retry sleeps 0.25 s).
+RETRY_QUIET = 0.2
 
 __all__ = ["AiderAdapter", "AiderApiError", "AiderCommand", "AiderFramer", "aider_command", "encode_prompt"]
 
 #: Flags that make aider scriptable over pipes and keep it from writing to the
 #: repository or the network on its own.
-SCRIPTED_FLAGS: Tuple[str, ...] = (
-    "--no-pretty", "--no-fancy-input", "--yes-always", "--no-auto-commits", "--no-gitignore",
+SCRIPTED_FLAGS: tuple[str, ...] = (
+    "--no-pretty", "--no-fancy-input", "--no-auto-commits", "--no-gitignore",
     "--no-check-update", "--no-show-model-warnings", "--no-analytics", "--no-show-release-notes",
-    "--no-detect-urls", "--no-suggest-shell-commands", "--no-auto-lint", "--no-auto-test",
+    "--no-detect-urls", "--no-auto-lint", "--no-auto-test",
 )
+
+#: How aider prints the end-of-turn marker: its notification hook runs this through ``sh -c``
+#: (output captured), so it writes to aider's own stdout, the pipe toolpool reads.
+MARK_COMMAND = "printf '%s' > /proc/$PPID/fd/1"
 
 #: aider exits on a second SIGINT within 2 s of the previous one (measured on
 #: its side, after it handled the first); keep a margin.
-SIGINT_SPACING = 2.5
+SIGINT_SPACING = 3.0
 
 #: aider's prompt line: ``[edit format][ multi]> `` (edit formats are lower
 #: case words with hyphens: ask, diff-fenced, editor-whole...).
@@ -70,7 +98,7 @@ _LOCAL_COMMANDS = frozenset({"/add", "/drop", "/ls", "/tokens", "/clear", "/rese
 
 #: Home files aider (and git, which it runs) read; linked into a private HOME
 #: so that a user's aider config, keys and git identity still apply.
-HOME_LINKS: Tuple[str, ...] = (".aider.conf.yml", ".aider.model.settings.yml", ".aider.model.metadata.json",
+HOME_LINKS: tuple[str, ...] = (".aider.conf.yml", ".aider.model.settings.yml", ".aider.model.metadata.json",
                                ".env", ".aider/oauth-keys.env", ".gitconfig", ".config/git")
 _PRICES = os.path.join(".aider", "caches", "model_prices_and_context_window.json")
 
@@ -103,18 +131,44 @@ class AiderCommand(str):
     ``/voice``) or end aider (``/exit``) do not fit a pool.
     """
 
-    def __new__(cls, text: str) -> "AiderCommand":
+    #: the file names of a command built by :func:`aider_command` (resolved by the adapter)
+    paths: tuple[str, ...] = ()
+
+    def __new__(cls, text: str) -> AiderCommand:
         text = str(text)
         if not text.startswith(("/", "!")) or "\n" in text or "\r" in text:
             raise ValueError(f"an aider command is one line starting with '/' or '!', got {text!r}")
         return super().__new__(cls, text)
 
 
+#: aider commands whose arguments are file names (``parse_quoted_filenames``: ``"..."`` or a word).
+FILE_COMMANDS = frozenset({"/add", "/drop", "/read-only"})
+
+
 def aider_command(command: str, *args: str) -> AiderCommand:
-    """``aider_command("/add", "calc.py")`` -> ``AiderCommand("/add calc.py")``; ``"add"`` means ``"/add"``."""
+    """``aider_command("/add", "calc.py")`` -> ``AiderCommand("/add calc.py")``; ``"add"`` means ``"/add"``.
+
+    For ``/add``, ``/drop`` and ``/read-only`` every argument is one file name:
+    quoted the way aider splits them (``"my notes.txt"``), and a relative name
+    means that path relative to the adapter's ``cwd`` (the adapter rewrites it
+    for aider, which reads names relative to the repository root).  A name
+    holding ``"`` or a line break cannot be passed to aider: ValueError.
+    """
     if not command.startswith(("/", "!")):
         command = "/" + command
-    return AiderCommand(" ".join((command,) + tuple(args)))
+    if command not in FILE_COMMANDS:
+        return AiderCommand(" ".join((command,) + tuple(args)))
+    for name in args:
+        if not name or '"' in name or "\n" in name or "\r" in name:
+            raise ValueError(f"aider cannot take the file name {name!r}: empty, or holds a double quote or "
+                             "a line break (aider splits names on spaces outside double quotes); rename the file")
+    cmd = AiderCommand(" ".join((command,) + tuple(_quote(a) for a in args)))
+    cmd.paths = tuple(args)
+    return cmd
+
+
+def _quote(name: str) -> str:
+    return f'"{name}"' if any(c.isspace() for c in name) else name
 
 
 def encode_prompt(prompt: str) -> str:
@@ -144,7 +198,7 @@ def encode_prompt(prompt: str) -> str:
     return text
 
 
-def _count(token: Optional[str]) -> int:
+def _count(token: str | None) -> int:
     """aider's token figures: ``733``, ``1.2k``, ``12k`` (rounded above 1000)."""
     if not token:
         return 0
@@ -170,14 +224,16 @@ def _error_detail(text: str) -> str:
     return re.sub(r"\s+", " ", " ".join(lines[:6])).strip()
 
 
-def parse_output(raw: str, prompt_line: str = "> ", interrupted: bool = False) -> Tuple[str, Dict[str, Any],
-                                                                                          Optional[AiderApiError]]:
+def parse_output(raw: str, prompt_line: str = "> ", interrupted: bool = False, last_usage_only: bool = False
+                 ) -> tuple[str, dict[str, Any], AiderApiError | None]:
     """Split one turn's output (up to, not including, the prompt line) into text, fields and error.
 
     The output ends with a blank line (aider's separator before the prompt)
     and the chat's files.  ``Tokens:`` lines are removed from the text and
     summed into ``tokens_sent``/``tokens_received`` (and ``cost_usd`` when
-    priced; a turn can make several model calls).  With ``interrupted``,
+    priced; a turn can make several model calls).  With ``last_usage_only``
+    only the last one is (the one aider printed after the last reply: a reply
+    quoting a ``Tokens:`` line keeps it).  With ``interrupted``,
     aider's ``^C again to exit`` notice is removed and ``interrupted`` and
     ``is_error`` set.  The error is an :class:`AiderApiError` when the turn
     printed an API error and no usage line (no reply at all).
@@ -192,8 +248,12 @@ def parse_output(raw: str, prompt_line: str = "> ", interrupted: bool = False) -
         elif line:
             files.append(line)
     usage = list(_USAGE.finditer(body))
-    body = _USAGE.sub("", body)
-    fields: Dict[str, Any] = {"files": files, "read_only_files": read_only,
+    if last_usage_only and usage:
+        usage = usage[-1:]
+        body = body[: usage[0].start()] + body[usage[0].end():]
+    else:
+        body = _USAGE.sub("", body)
+    fields: dict[str, Any] = {"files": files, "read_only_files": read_only,
                               "mode": prompt_line[:-2].strip(), "interrupted": False}
     if interrupted and _NOTICE.search(body):
         body = _NOTICE.sub("", body)
@@ -229,7 +289,8 @@ class AiderFramer(Framer):
 
     def __init__(self, *, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, settle: float = 0.15,
                  unconfirmed_settle: float = 1.0, encoding: str = "utf-8",
-                 max_api_retries: Optional[int] = 0) -> None:
+                 max_api_retries: int | None = 0, mark: bytes | None = None,
+                 confirm: ConfirmPolicy | None = None, root: str | None = None) -> None:
         super().__init__(max_bytes)
         self._inner = PromptFramer(compile_prompt(PROMPT_PATTERN), max_bytes=max_bytes, settle=settle,
                                    encoding=encoding, strip=False)
@@ -249,12 +310,30 @@ class AiderFramer(Framer):
         self._failed = False
         self._interrupt_sent = False
         self._prompted = False  # the turn answers a prompt (not start-up)
-        self._known_files: "set[str]" = set()  # the chat's file lines, as last listed
-        self._error_text: List[str] = []
+        self._known_files: set[str] = set()  # the chat's file lines, as last listed
+        self._error_text: list[str] = []
         self._want_interrupt = False
+        # Marker mode (see AiderAdapter): aider prints ``mark`` (a secret the model never sees)
+        # each time it is about to wait for input after a model call.
+        self.mark = mark or None
+        self.confirm = confirm
+        self.root = root
+        self._prompt: str | None = None
+        self._marked = False  # the marker came since the last question: what follows is aider's prompt
+        self._llm_seen = False  # a marker came this turn: the model call is over
+        self._post_llm = False  # a question after the model call was answered
+        self._expect_marker = False  # ... and another model call follows it (a reflection)
+        self._bang = False  # a shell command turn (!cmd, /run): ends only after its output question
+        self._output_answered = False
+        self._questions: list[AiderQuestion] = []
+        self._seen = 0  # bytes of this turn's output so far
+        self._asked_at = -1  # ... when the last question was answered
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace")
+        self._snapshot: dict[str, bytes] = {}
+        self._retry_pending: int | None = None  # output length at a "Retrying in" notice
 
     # -- turn bookkeeping ----------------------------------------------------------
-    def start_turn(self, prompt: Optional[str], data: bytes = b"") -> None:
+    def start_turn(self, prompt: str | None, data: bytes = b"") -> None:
         self._prompted = prompt is not None
         self._message = prompt is not None and not (
             isinstance(prompt, AiderCommand) and (prompt.startswith("!") or prompt.split()[0] in _LOCAL_COMMANDS))
@@ -266,6 +345,14 @@ class AiderFramer(Framer):
         self._confirmed = self._failed = self._interrupt_sent = self._want_interrupt = False
         self._retries = 0
         self._error_text = []
+        self._prompt = prompt
+        self._marked = self._llm_seen = self._post_llm = self._expect_marker = self._output_answered = False
+        self._bang = isinstance(prompt, AiderCommand) and (prompt.startswith("!") or prompt.split()[0] == "/run")
+        self._questions = []
+        self._seen, self._asked_at = 0, -1
+        self._decoder.reset()
+        self._snapshot = self._take_snapshot() if (self.mark and self._message) else {}
+        self._retry_pending = None
         self._set_settle()
         self._inner.start_turn(prompt)
 
@@ -285,15 +372,129 @@ class AiderFramer(Framer):
 
     # -- output --------------------------------------------------------------------
     def feed(self, data: bytes) -> Cut:
+        if self.mark and self.mark in data:
+            data = data.replace(self.mark, b"")  # one printf write: never split across reads
+            self._marked = self._llm_seen = True
+            self._expect_marker = False
         if self._skip:
             data = self._skip_continuations(data)
             if not data:
-                return Cut()
+                return Cut(quiet=self.settle if self.has_candidate() else None)
+        self._seen += len(data)
+        if self._retry_pending is not None and data.strip():
+            self._retry_pending = None  # more output at once: the notice was part of a reply
+        events: list[dict[str, Any]] = []
+        if self._prompted and data:
+            text = self._decoder.decode(data)
+            if text:
+                events.append({"type": "text", "text": text})
         frames = self._scan(data)
         self._set_settle()
         frames += self._finish(self._inner.feed(data).frames)
+        calls = self._ask()
+        if calls:
+            events.append({"type": "question", **self._questions[-1].as_dict()})
         interrupt, self._want_interrupt = self._want_interrupt, False
-        return Cut(frames, quiet=self.settle if self._inner.has_candidate() else None, interrupt=interrupt)
+        quiet = RETRY_QUIET if self._retry_pending is not None else (self.settle if self.has_candidate() else None)
+        return Cut(frames, events=events, quiet=quiet, interrupt=interrupt, calls=calls)
+
+    # -- marker mode: which prompt ends the turn, which questions are aider's -------------
+    def _prompt_is_final(self) -> bool:
+        """Whether the prompt at the end of the output is aider's (see :class:`AiderAdapter`)."""
+        if not self.mark or not self._prompted:
+            return True
+        if self._bang and self.confirm is not None and not self._output_answered:
+            return False  # the command's own output: aider asks about it before it prompts
+        if not self._message:
+            return True
+        return self._marked or (self._post_llm and not self._expect_marker)
+
+    def _question_is_asked(self, q: AiderQuestion) -> bool:
+        if not self._message or self._marked or (self._post_llm and not self._expect_marker):
+            return True
+        # Before the model call only aider asks: about files (URLs) the prompt mentions.
+        return (not self._llm_seen and q.kind in ("add_file", "add_url") and q.subject is not None
+                and q.subject.strip() in (self._prompt or ""))
+
+    def _ask(self) -> list[Callable[[], bytes]]:
+        """A confirm question at the end of the output: answer it off the reader thread."""
+        if self.confirm is None or self._seen <= self._asked_at:
+            return []
+        tail = self._inner.partial()[-4096:].decode(self.encoding, "replace")
+        q = question_at_end(tail)
+        if q is None or not self._question_is_asked(q):
+            return []
+        self._asked_at = self._seen
+        post_llm = self._marked or self._post_llm
+        self._post_llm = self._post_llm or post_llm
+        self._expect_marker = self._expect_marker or not post_llm  # the model call is still to come
+        self._marked = False  # the bell rang for this question; the next prompt has no marker
+        if q.kind == "command_output":
+            self._output_answered = True
+        self._questions.append(q)
+        context = {"prompt": self._prompt, "command": isinstance(self._prompt, AiderCommand),
+                   "output": tail[: len(tail) - len(q.text)][-2000:]}
+        policy = self.confirm
+
+        def answer() -> bytes:
+            try:
+                decision = policy(q, context)
+                data = answer_bytes(decision)
+            except Exception as exc:  # a failing policy refuses: never hang aider on its question
+                log.error("aider confirm policy failed on %r (answered no): %r", q.question, exc)
+                data = b"n\n"
+            q.answer = data.decode().strip()
+            if post_llm and q.answer[:1] in ("y", "a") and q.kind in ("add_file", "add_url", "fix_errors"):
+                self._expect_marker = True  # aider now sends the model another message
+            return data
+
+        return [answer]
+
+    def _drop_questions(self, text: str) -> str:
+        """The turn's output without the questions aider asked (they are in ``meta["questions"]``)."""
+        for q in self._questions:
+            block = (f"\n{q.subject}\n" if q.subject else "") + q.text
+            text = text.replace(block, "", 1) if block in text else text.replace(q.text, "\n", 1)
+        return text
+
+    def _take_snapshot(self) -> dict[str, bytes]:
+        """The chat's files before a message turn, to undo a whole-file write cut short."""
+        snap: dict[str, bytes] = {}
+        if not self.root:
+            return snap
+        for name in sorted(self._known_files)[:SNAPSHOT_FILES]:
+            path = os.path.join(self.root, name)
+            try:
+                if os.path.getsize(path) <= SNAPSHOT_BYTES:
+                    with open(path, "rb") as f:
+                        snap[name] = f.read()
+            except OSError:
+                continue
+        return snap
+
+    def _report(self, body: str, fields: dict[str, Any]) -> str:
+        """Add what the turn did (edits, commit, failures) to ``fields``; return the text without questions."""
+        fields["questions"] = [q.as_dict() for q in self._questions]
+        report = turn_report(body)
+        fields.update(report)
+        edited = report["edited_files"]
+        if edited and unclosed_fence(body) and not fields.get("interrupted"):
+            restored = []
+            for name in edited:
+                if name in self._snapshot:
+                    try:
+                        with open(os.path.join(self.root or "", name), "wb") as f:
+                            f.write(self._snapshot[name])
+                        restored.append(name)
+                    except OSError:
+                        pass
+            fields["is_error"] = True
+            fields["restored_files"] = restored
+            msg = (f"the model's reply was cut off inside an edit: aider wrote a truncated {', '.join(edited)}"
+                   + (f"; restored {', '.join(restored)} from before the turn" if restored else
+                      "; check the file (no copy from before the turn)"))
+            fields["error"] = msg if "error" not in fields else fields["error"] + "; " + msg
+        return _trim(body)
 
     def _skip_continuations(self, data: bytes) -> bytes:
         """Move the leading continuation prompts of ``data`` to ``_lead``; return the rest."""
@@ -310,9 +511,9 @@ class AiderFramer(Framer):
             self._skip = 0  # something else came first: stop skipping
         return pending
 
-    def _scan(self, data: bytes) -> List[Frame]:
+    def _scan(self, data: bytes) -> list[Frame]:
         """Look at each new complete line for aider's markers."""
-        frames: List[Frame] = []
+        frames: list[Frame] = []
         self._line += data
         if b"\n" not in data:
             return frames
@@ -330,6 +531,12 @@ class AiderFramer(Framer):
                 frames.append(Frame(error=SpawnError(
                     "aider has no model to use: pass model= (and api_key=/api_base=), or on the command "
                     "line --model (and --option api_key=..., --api-base)"), final=False))
+            if self._post_llm and line == NONCONFORM_NOTE:
+                self._expect_marker = True  # aider reflects the failed edit back to the model
+            if self.mark and line.startswith("Failed to run notifications command"):
+                log.warning("aider could not print toolpool's end-of-turn marker (%s); framing falls back to "
+                            "the prompt and a quiet period", line)
+                self.mark = None
             if line.startswith("Tokens: ") and " received." in line:
                 self._confirmed = True
             elif line.startswith("^C again to exit"):
@@ -340,6 +547,11 @@ class AiderFramer(Framer):
             elif _RETRY.match(line) and self._error_text:  # aider's notice follows its error line
                 self._retries += 1
                 if (self.max_api_retries is not None and self._retries > self.max_api_retries
+                        and not self._failed and self.mark):
+                    # A reply may quote aider's notice: a real retry sleeps (>= 0.25 s) before
+                    # anything else is printed, a quoted one streams on.  Decided in on_quiet.
+                    self._retry_pending = self._seen
+                elif (self.max_api_retries is not None and self._retries > self.max_api_retries
                         and not self._failed):
                     self._failed = True
                     self._want_interrupt = True  # cut aider's retry loop short: the request failed
@@ -350,14 +562,21 @@ class AiderFramer(Framer):
         return frames
 
     def has_candidate(self) -> bool:
-        return self._inner.has_candidate()
+        return self._inner.has_candidate() and self._prompt_is_final()
 
     def on_quiet(self) -> Cut:
+        if self._retry_pending is not None and not self._failed:
+            self._retry_pending = None
+            self._failed = True  # aider went quiet after its retry notice: it really is retrying
+            return Cut([Frame(error=AiderApiError(_error_detail("\n".join(self._error_text)), True), final=False)],
+                       interrupt=True)
+        if not self._prompt_is_final():
+            return Cut()
         return Cut(self._finish(self._inner.on_quiet().frames))
 
-    def _finish(self, frames: List[Frame]) -> List[Frame]:
+    def _finish(self, frames: list[Frame]) -> list[Frame]:
         """Turn the inner framer's frames (prompt removed) into aider responses."""
-        out: List[Frame] = []
+        out: list[Frame] = []
         for frame in frames:
             if frame.error is not None:  # ResponseTooLarge, passed on as is
                 out.append(frame)
@@ -373,8 +592,12 @@ class AiderFramer(Framer):
                 # ended: aider printed its notice and prompted again.  Not ours.
                 self._skip = self._expect
                 continue
+            if self.mark and self._questions:
+                text = self._drop_questions(text)
             body, fields, error = parse_output(text, prompt_line.decode(self.encoding, "replace"),
-                                               interrupted=self._interrupt_sent)
+                                               interrupted=self._interrupt_sent, last_usage_only=bool(self.mark))
+            if self.mark and self._prompted:
+                body = self._report(body, fields)
             self._lead.clear()
             self._known_files = set(fields.get("files", ()))
             out.append(Frame(raw=raw, text=body, fields=fields, error=error if self._prompted else None))
@@ -386,14 +609,28 @@ class AiderFramer(Framer):
 
 def _in_git_work_tree(path: str) -> bool:
     """True when ``path`` or a parent has ``.git`` (a directory, or a file for worktrees)."""
+    return _work_tree_root(path) is not None
+
+
+def _work_tree_root(path: str) -> str | None:
+    """The nearest of ``path`` and its parents that holds ``.git``, or None."""
     path = os.path.abspath(path)
     while True:
         if os.path.exists(os.path.join(path, ".git")):
-            return True
+            return path
         parent = os.path.dirname(path)
         if parent == path:
-            return False
+            return None
         path = parent
+
+
+def _proc_fds() -> bool:
+    """Whether a child can reach its parent's stdout through /proc (the marker needs it)."""
+    return os.path.exists(f"/proc/{os.getpid()}/fd/1") or os.path.exists(f"/proc/{os.getpid()}/fd/0")
+
+
+#: aider's repo-map cache directory in the work tree (``RepoMap.TAGS_CACHE_DIR``, 0.86.2).
+TAGS_CACHE = ".aider.tags.cache.v4"
 
 
 class AiderAdapter(Adapter):
@@ -441,13 +678,14 @@ class AiderAdapter(Adapter):
     name = "aider"
     transport = "pipe"
 
-    def __init__(self, cli_path: Optional[str] = None, model: Optional[str] = None, api_base: Optional[str] = None,
-                 api_key: Optional[str] = None, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-                 extra_args: Sequence[str] = (), files: Sequence[str] = (), edit_format: Optional[str] = None,
-                 warmup: bool = True, settle: float = 0.15, start_timeout: float = 60.0, home: Optional[str] = None,
-                 *, unconfirmed_settle: float = 1.0, max_api_retries: Optional[int] = 0,
+    def __init__(self, cli_path: str | None = None, model: str | None = None, api_base: str | None = None,
+                 api_key: str | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                 extra_args: Sequence[str] = (), files: Sequence[str] = (), edit_format: str | None = None,
+                 warmup: bool = True, settle: float = 0.15, start_timeout: float = 60.0, home: str | None = None,
+                 *, unconfirmed_settle: float = 1.0, max_api_retries: int | None = 0,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, encoding: str = "utf-8",
-                 stderr_tail_bytes: int = 8192) -> None:
+                 stderr_tail_bytes: int = 8192, confirm: ConfirmPolicy | None = None,
+                 suggest_shell_commands: bool = False, restore_files: bool = True) -> None:
         super().__init__(env=env, cwd=cwd, start_timeout=start_timeout, max_response_bytes=max_response_bytes,
                          encoding=encoding, stderr_tail_bytes=stderr_tail_bytes)
         if settle < 0 or unconfirmed_settle < 0:
@@ -471,9 +709,20 @@ class AiderAdapter(Adapter):
         self.home = os.fspath(home) if home else None
         self._real_home = os.path.expanduser("~")
         self._lock = threading.Lock()
-        self._root: Optional[str] = None
-        self._cleanup: Optional[weakref.finalize] = None
-        self._install_key: Optional[str] = None
+        self._root: str | None = None
+        self._cleanup: weakref.finalize | None = None
+        self._install_key: str | None = None
+        if confirm is not None and not callable(confirm):
+            raise ValueError(f"confirm must be a callable (question, context) -> bool | str, got {confirm!r}")
+        self.confirm: ConfirmPolicy = confirm or default_confirm
+        self.suggest_shell_commands = suggest_shell_commands
+        self.restore_files = restore_files
+        # A secret the model never sees: aider prints it (notification hook) before it reads input
+        # after a model call, so no reply text can pass for the end of a turn.
+        self._mark = b"\x1etoolpool-" + secrets.token_hex(8).encode() + b"\x1e" if _proc_fds() else None
+        self._chat_files: dict[int, tuple[list[str], list[str]]] = {}  # slot -> (files, read-only) at last answer
+        self._usage_offset: dict[int, int] = {}
+        self._tags_cache: str | None = None  # aider's repo-map cache, when this adapter made it
 
     # -- process -------------------------------------------------------------------
     def _private_root(self) -> str:
@@ -485,7 +734,7 @@ class AiderAdapter(Adapter):
                 self._cleanup = weakref.finalize(self, lifecycle.remove_private_dir, self._root)
             return self._root
 
-    def command(self, slot: int) -> List[str]:
+    def command(self, slot: int) -> list[str]:
         argv = [self.cli_path, *SCRIPTED_FLAGS]
         if not _in_git_work_tree(self.cwd or os.getcwd()):
             argv.append("--no-git")
@@ -494,19 +743,46 @@ class AiderAdapter(Adapter):
             if value:
                 argv += [flag, value]
         slot_dir = os.path.join(self._private_root(), f"slot-{slot}")
+        analytics = os.path.join(slot_dir, "analytics.jsonl")
         argv += ["--input-history-file", os.path.join(slot_dir, "input.history"),
-                 "--chat-history-file", os.path.join(slot_dir, "chat.history.md")]
-        for name in self.files:
+                 "--chat-history-file", os.path.join(slot_dir, "chat.history.md"),
+                 "--analytics-log", analytics]
+        if not self.suggest_shell_commands:
+            argv.append("--no-suggest-shell-commands")
+        if self._mark is not None:
+            argv += ["--notifications", "--notifications-command",
+                     MARK_COMMAND % "".join(f"\\{b:03o}" for b in self._mark)]
+        with self._lock:
+            try:
+                self._usage_offset[slot] = os.path.getsize(analytics)
+            except OSError:
+                self._usage_offset[slot] = 0
+            files, read_only = self._chat_files.get(slot, ([], []))
+            self._note_tags_cache()
+        for name in dict.fromkeys([*self.files, *files]):
             argv += ["--file", name]
+        for name in read_only:
+            argv += ["--read", name]
         return argv + self.extra_args
 
-    def environment(self, slot: int) -> Dict[str, str]:
+    def root(self) -> str:
+        """aider's root: the git work tree holding ``cwd`` (file names are relative to it), else ``cwd``."""
+        return _work_tree_root(self.cwd or os.getcwd()) or os.path.abspath(self.cwd or os.getcwd())
+
+    def _note_tags_cache(self) -> None:
+        """Remember aider's repo-map cache dir if it does not exist yet: close() removes it (lock held)."""
+        if self._tags_cache is None:
+            path = os.path.join(self.root(), TAGS_CACHE)
+            self._tags_cache = "" if os.path.exists(path) else path
+
+    def environment(self, slot: int) -> dict[str, str]:
         env = super().environment(slot)
         if "LITELLM_LOCAL_MODEL_COST_MAP" not in self.env:
             env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # else litellm fetches its price list at import
         env["HOME"] = self._prepare_home(slot, env)
         if self.api_key:
             env["AIDER_OPENAI_API_KEY"] = self.api_key
+        env.setdefault("PYTHONUNBUFFERED", "1")  # aider's prints and the marker reach the pipe in order
         return env
 
     def _prepare_home(self, slot: int, env: Mapping[str, str]) -> str:
@@ -540,7 +816,7 @@ class AiderAdapter(Adapter):
                 with open(installs, "w") as f:
                     json.dump({key: True}, f)
 
-    def _installs_key(self, env: Mapping[str, str]) -> Optional[str]:
+    def _installs_key(self, env: Mapping[str, str]) -> str | None:
         """aider's ``installs.json`` key, ``str((version, sys.executable))``, asked of its interpreter."""
         if self._install_key is None:
             self._install_key = ""
@@ -564,28 +840,66 @@ class AiderAdapter(Adapter):
             if self._cleanup is not None:
                 self._cleanup()
             self._root, self._cleanup = None, None
+            cache, self._tags_cache = self._tags_cache, None
+        if cache:  # aider puts it in the work tree (no option moves it): it was not there before us
+            shutil.rmtree(cache, ignore_errors=True)
 
     # -- requests --------------------------------------------------------------------
-    def warmup_prompts(self) -> List[str]:
+    def warmup_prompts(self) -> list[str]:
         return [AiderCommand("/tokens")] if self.warmup else []
 
     def encode(self, prompt: str) -> bytes:
         """See :func:`encode_prompt`.  Raises TypeError for a non-str, ValueError for an unsendable prompt."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+        if isinstance(prompt, AiderCommand) and prompt.paths:
+            prompt = self._resolve_paths(prompt)
         try:
             return (encode_prompt(prompt) + "\n").encode(self.encoding)
         except UnicodeEncodeError as exc:
             raise ValueError(f"prompt cannot be encoded as {self.encoding}: {exc}") from None
 
-    def liveness_probe(self) -> Optional[bytes]:
+    def _resolve_paths(self, command: AiderCommand) -> AiderCommand:
+        """``command``'s file names, relative to ``cwd``, rewritten relative to aider's root."""
+        base, root = os.path.abspath(self.cwd or os.getcwd()), self.root()
+        names = []
+        for name in command.paths:
+            path = os.path.normpath(os.path.join(base, os.path.expanduser(name)))
+            rel = os.path.relpath(path, root)
+            names.append(rel if not rel.startswith("..") else path)
+        verb = command.split(" ", 1)[0]
+        return aider_command(verb, *names)
+
+    def observe(self, slot: int, response: Any) -> None:
+        """Exact figures from aider's analytics log; the chat's files, for the next start of ``slot``."""
+        meta = response.meta
+        if "files" in meta:
+            read_only = list(meta.get("read_only_files") or [])
+            files = [f for f in meta["files"] if f not in read_only]
+            with self._lock:
+                self._chat_files[slot] = (files, read_only)
+        path = os.path.join(self._private_root(), f"slot-{slot}", "analytics.jsonl")
+        with self._lock:
+            usage, self._usage_offset[slot] = read_usage(path, self._usage_offset.get(slot, 0))
+        calls = usage.pop("calls", [])
+        if not usage:
+            return
+        response.tokens_sent = usage.pop("tokens_sent")
+        response.tokens_received = usage.pop("tokens_received")
+        response.cost_usd = usage.pop("cost_usd")
+        meta.update(usage, usage_source="aider analytics log")
+        if len(calls) > 1 and self._mark is not None:
+            response.text = remove_usage_lines(response.text, calls)
+
+    def liveness_probe(self) -> bytes | None:
         """An empty line: aider ignores it and prompts again (no model call)."""
         return b"\n"
 
     def new_framer(self) -> Framer:
         return AiderFramer(max_bytes=self.max_response_bytes, settle=self.settle,
                            unconfirmed_settle=self.unconfirmed_settle, encoding=self.encoding,
-                           max_api_retries=self.max_api_retries)
+                           max_api_retries=self.max_api_retries, mark=self._mark, confirm=self.confirm,
+                           root=self.root() if self.restore_files else None)
 
     def interrupt(self, control: Control) -> None:
         """One SIGINT to aider's process group: it abandons the turn and prompts again.
@@ -615,14 +929,14 @@ class AiderAdapter(Adapter):
         control.scratch["deferred"] = turn
         control.call_later(wait, deferred)
 
-    def secret_env(self) -> Dict[str, str]:
+    def secret_env(self) -> dict[str, str]:
         env = super().secret_env()
         if self.api_key:
             env["AIDER_OPENAI_API_KEY"] = self.api_key
         return env
 
     # -- status ------------------------------------------------------------------------
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """Options and argv with secrets redacted: the key never, a password inside ``api_base`` neither."""
         from ..redact import redact, redact_url
 
