@@ -53,6 +53,7 @@ sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from toolpool.adapters import AiderAdapter, ClaudeAdapter  # noqa: E402
 from toolpool.adapters.aider import AiderCommand  # noqa: E402
+from toolpool.adapters.base import Cut  # noqa: E402
 from toolpool.testing import FakeAnthropicServer, FakeOpenAIServer, Reply, find_tool  # noqa: E402
 
 DEFAULT_OUT = os.path.join(REPO, "tests", "captures")
@@ -104,10 +105,14 @@ class Sanitizer:
 class Tool:
     """A tool process on pipes: stdout read by a thread into a queue of (seconds since spawn, chunk)."""
 
+    #: Every tool started, so that a failed recording leaves none running (see :func:`kill_all`).
+    started: list[Tool] = []
+
     def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str) -> None:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
+        Tool.started.append(self)
         self.chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
         self.stderr = bytearray()
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
@@ -163,6 +168,18 @@ class Tool:
         for thread in self._threads:
             thread.join(10)
         return rc
+
+
+def kill_all() -> None:
+    """Kill the process group of every tool still running (a recording failed half-way) and reap it."""
+    for tool in Tool.started:
+        if tool.proc.poll() is None:
+            try:
+                os.killpg(tool.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            tool.proc.wait(10)
+    Tool.started.clear()
 
 
 # -- claude ---------------------------------------------------------------------------------
@@ -363,19 +380,31 @@ def record_claude(out: str, sanitize: Sanitizer, work: str, late_tries: int) -> 
 
 
 # -- aider ----------------------------------------------------------------------------------
-#: aider's prompt at the end of its output: the turn is over once it is followed by quiet.
-AIDER_PROMPT = re.compile(rb"(?:^|\n)[a-z -]*> \Z")
+#: aider's prompt at the end of its output (after the adapter's turn marker, if it sets one):
+#: the turn is over once it is followed by quiet.
+AIDER_PROMPT = re.compile(rb"(?:^|\n)(?:\x1e[^\x1e\n]*\x1e)?[a-z -]*> \Z")
 AIDER_QUIET = 0.8  # far above aider's own gaps inside a turn (< 0.2 s), so no turn is cut early
 
 
 class AiderRun:
     """One aider process, logged as a transcript: chunks with timestamps, and the recorder's marks."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, probe: bool = False) -> None:
+    def __init__(self, adapter: AiderAdapter, argv: list[str], env: dict[str, str], cwd: str,
+                 probe: bool = False) -> None:
+        # The adapter's framer reads along, so that whatever it answers (a confirm question) is
+        # written as the instance would; the recorder decides by itself where a turn ends.
+        self.framer = adapter.new_framer()
         self.tool = Tool(argv, env, cwd)
         self.probe = probe
         self.log: list[str] = []
         self.turn = b""  # output since the last send
+
+    def act(self, cut: Cut) -> None:
+        """Write what the framer asks to write, as the instance does, and note it."""
+        for data in [cut.send] + [call() for call in cut.calls]:
+            if data:
+                self.mark(f"ANSWER {data.decode('utf-8', 'replace')!r}")
+                self.tool.write(data)
 
     def mark(self, text: str) -> None:
         while self.pump(0.0):  # output read before the mark comes before it
@@ -389,7 +418,9 @@ class AiderRun:
             self.log.append(f"{self.tool.now():.3f} >>> {typed!r}")
         self.turn = b""
         if typed != "<EOF>":
-            self.tool.write(typed.encode("utf-8"))
+            data = typed.encode("utf-8")
+            self.framer.start_turn(typed_prompt(typed), data)
+            self.tool.write(data)
 
     def pump(self, timeout: float) -> bool | None:
         """One chunk into the log: True if one came, None on a timeout, False at end of output."""
@@ -401,6 +432,7 @@ class AiderRun:
             return False
         self.log.append(f"{t:.3f} {data!r}" if self.probe else f"{t:.3f} out {data!r}")
         self.turn += data
+        self.act(self.framer.feed(data))
         return True
 
     def wait_prompt(self, label: str) -> None:
@@ -411,10 +443,13 @@ class AiderRun:
             got = self.pump(AIDER_QUIET if AIDER_PROMPT.search(self.turn) else 0.1)
             if got is False:
                 raise self.tool.fail(f"aider ended its output during {label}")
+            if got is None and self.framer.has_candidate():
+                self.act(self.framer.on_quiet())
             if got is None and AIDER_PROMPT.search(self.turn):
                 self.mark(f"{label} -> prompt after {self.tool.now() - start - AIDER_QUIET:.3f}s")
                 return
-        raise self.tool.fail(f"aider did not prompt again within {STEP_TIMEOUT:.0f} s after {label}")
+        raise self.tool.fail(f"aider did not prompt again within {STEP_TIMEOUT:.0f} s after {label}; its output "
+                             f"since: {self.turn[-300:]!r}")
 
     def finish(self) -> list[str]:
         self.mark("close stdin (EOF)")
@@ -425,6 +460,15 @@ class AiderRun:
             pass
         self.log.append(f"## {self.tool.now():.3f} exit rc={rc}" if not self.probe else f"rc {rc}")
         return self.log
+
+
+def typed_prompt(typed: str) -> str:
+    """The prompt behind text the recorder types (for the framer's turn bookkeeping)."""
+    text = typed[:-1] if typed.endswith("\n") else typed
+    block = re.fullmatch(r"\{(tp\d*)\n(.*)\n\1\}", text, re.DOTALL)
+    if block:
+        return block.group(2)
+    return AiderCommand(text) if text.startswith(("/", "!")) else text
 
 
 def git_repo(path: str) -> None:
@@ -455,7 +499,7 @@ def aider_transcript(aider: str, server: FakeOpenAIServer, repo: str, sanitize: 
     try:
         argv, env = adapter.command(0), {**adapter.environment(0), **OFFLINE_ENV}
         add_aider_paths(sanitize, argv, env)
-        run = AiderRun(argv, env, repo)
+        run = AiderRun(adapter, argv, env, repo)
         run.wait_prompt("startup")
         steps = [("warmup", adapter.warmup_prompts()[0]), ("ls", AiderCommand("/ls")),
                  ("add", AiderCommand("/add calc.py")), ("prompt1", "hello there"),
@@ -468,6 +512,7 @@ def aider_transcript(aider: str, server: FakeOpenAIServer, repo: str, sanitize: 
         server.wait_for_requests(asked + 1, timeout=STEP_TIMEOUT, path="/v1/chat/completions")
         time.sleep(0.5)
         run.mark("SIGINT busy")
+        run.act(run.framer.interrupt_sent())
         os.killpg(run.tool.proc.pid, signal.SIGINT)  # to the group, as AiderAdapter.interrupt does
         run.wait_prompt("sigint busy")
         run.send("after-interrupt", adapter.encode("after interrupt").decode("utf-8"))
@@ -484,7 +529,7 @@ def aider_probe(aider: str, server: FakeOpenAIServer, repo: str, sanitize: Sanit
     try:
         argv, env = adapter.command(0), {**adapter.environment(0), **OFFLINE_ENV}
         add_aider_paths(sanitize, argv, env)
-        run = AiderRun(argv, env, repo, probe=True)
+        run = AiderRun(adapter, argv, env, repo, probe=True)
         run.wait_prompt("startup")
         for typed in ("/tokens\n", "{tp\n/ls is text here\n}\ntp}\n", "!echo shell-bang\n",
                       adapter.encode("/ls is text here\n}").decode("utf-8")):
@@ -557,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"record-captures: {exc}", file=sys.stderr)
         return 1
     finally:
+        kill_all()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
