@@ -201,6 +201,10 @@ class Instance:
         self.last_output_at = time.monotonic()
         self._idle_waiters: list[Callable[[], None]] = []
         self._retired = False  # stopped for good (pool shut down): never start again
+        # Bumped by every start and every stop: a start whose attempt is no longer current was
+        # superseded (stopped, or restarted by someone else) and must not install its process.
+        self._attempt = 0
+        self._spawn_lock = threading.Lock()  # a spawn and a stop never interleave (see _spawn)
         self._stop_done = threading.Event()
 
     # ------------------------------------------------------------------ state
@@ -322,6 +326,8 @@ class Instance:
                 raise InstanceBusy(f"instance {self.index} is {self._state.value}; it can only be started when "
                                    "stopped, exited or FATAL (restart() stops it first)")
             self._set_state(State.STARTING)
+            self._attempt += 1
+            attempt = self._attempt
             old, self._proc = self._proc, None
         if old is not None:
             self._dispose(old, grace=0.0)
@@ -329,7 +335,7 @@ class Instance:
         self.spawn_started_at = t0
         proc: _Process | None = None
         try:
-            proc, ready = self._spawn()
+            proc, ready = self._spawn(attempt)
             if ready is not None:
                 self._await_start(ready, deadline, limit, "become ready")
             for prompt in self.adapter.warmup_prompts():
@@ -337,7 +343,7 @@ class Instance:
                 self._await_start(self._send(prompt, data, kind="warmup", state_ok=(State.STARTING,)), deadline,
                                   limit, f"answer warm-up prompt {prompt!r}")
             with self._lock:
-                if self._proc is not proc or self._state is not State.STARTING:
+                if self._proc is not proc or self._state is not State.STARTING or self._attempt != attempt:
                     if self._proc is proc and self._state is State.EXITED:  # a tool ready on spawn died at once
                         raise SpawnError(f"{self.adapter.name} (instance {self.index}) exited during start-up",
                                          self.last_exit_code, self._redacted(self.stderr.text()))
@@ -348,7 +354,7 @@ class Instance:
                 self.served = 0
                 waiters = self._became_idle()
         except BaseException as exc:
-            self._abort_start(exc, proc)
+            self._abort_start(exc, proc, attempt)
             raise
         spawn_s = time.perf_counter() - t0
         log.info("instance %d ready: pid %d in %.3fs", self.index, proc.transport.pid, spawn_s,
@@ -356,8 +362,20 @@ class Instance:
         self._emit("ready", pid=proc.transport.pid, seconds=spawn_s, generation=proc.generation)
         self._idle_now(waiters)
 
-    def _spawn(self) -> tuple[_Process, _Turn | None]:
-        """Start a process; return it and the turn that completes when it is ready."""
+    def _spawn(self, attempt: int) -> tuple[_Process, _Turn | None]:
+        """Start a process; return it and the turn that completes when it is ready.
+
+        Serialised with :meth:`stop` by ``_spawn_lock``: a start superseded by a stop
+        (or by someone else's restart) never spawns a process at all, so a slot never
+        runs two, not even for a moment.
+        """
+        with self._spawn_lock:
+            with self._lock:
+                if self._state is not State.STARTING or self._attempt != attempt:
+                    raise InstanceUnavailable(f"instance {self.index} was stopped while starting")
+            return self._spawn_locked(attempt)
+
+    def _spawn_locked(self, attempt: int) -> tuple[_Process, _Turn | None]:
         adapter = self.adapter
         transport = make_transport(adapter.transport, adapter.command(self.index),
                                    adapter.environment(self.index),
@@ -380,7 +398,8 @@ class Instance:
                                    self._later, functools.partial(self._control_turn, proc),
                                    functools.partial(self._control_in_turn, proc))
             with self._lock:
-                stopped = self._state is not State.STARTING  # stopped while we spawned: undo
+                # Stopped (or restarted by someone else) while we spawned: undo.
+                stopped = self._state is not State.STARTING or self._attempt != attempt
                 ready: _Turn | None = None
                 if not stopped:
                     self._proc = proc
@@ -449,10 +468,10 @@ class Instance:
         """``text`` with secrets masked: the tool may echo a key it was given."""
         return redact_text(text)
 
-    def _abort_start(self, exc: BaseException, proc: _Process | None) -> None:
-        """Undo a failed start: this attempt's process and turns only."""
+    def _abort_start(self, exc: BaseException, proc: _Process | None, attempt: int) -> None:
+        """Undo a failed start: this attempt's process and turns only, never a later attempt's."""
         with self._lock:
-            mine = proc is None or self._proc is proc
+            mine = self._attempt == attempt and (proc is None or self._proc is proc)
             if mine:
                 self._proc = None
                 if self._state is State.STARTING:
@@ -500,8 +519,9 @@ class Instance:
         ``stop`` waits for the first.  ``final``: never start again.
         """
         timeout = check_seconds("timeout", timeout, allow_none=False) or 0.0
-        with self._lock:
+        with self._spawn_lock, self._lock:  # after a spawn in progress has installed its process
             self._retired = self._retired or final
+            self._attempt += 1  # a start in progress is superseded
             failed: list[Completion] = []
             if self._state is State.STOPPED:
                 waiters = self._take_all_waiters() if final else []
@@ -577,19 +597,28 @@ class Instance:
             proc.disposed = True
         t = proc.transport
         deadline = time.monotonic() + max(grace, 0.0)
+
+        def exited(timeout: float) -> bool:
+            if proc.readers:  # the stdout reader watches the exit descriptor and sets the event
+                return proc.exited.wait(timeout)
+            # A spawn undone before its readers started: nobody else will see the exit.
+            if select.select([t.exit_fd], [], [], timeout)[0] and t.reap() is not None:
+                proc.exited.set()
+            return proc.exited.is_set()
+
         if not proc.exited.is_set() and grace > 0:
             t.close_stdin()
-            proc.exited.wait(min(0.5, grace * 0.2))
+            exited(min(0.5, grace * 0.2))
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            if proc.exited.is_set():
+            if proc.exited.is_set() or (not proc.readers and exited(0)):
                 break
             t.signal_group(sig)
             if sig == signal.SIGTERM:
                 t.signal_group(signal.SIGCONT)  # a stopped (SIGSTOP) tool acts on SIGTERM only once continued
             if sig == signal.SIGKILL:
-                proc.exited.wait(5.0)
+                exited(5.0)
             else:
-                proc.exited.wait(max(0.0, deadline - time.monotonic()))
+                exited(max(0.0, deadline - time.monotonic()))
         # The tool is gone; anything left in its group is an orphaned grandchild.
         t.signal_group(signal.SIGKILL)
         proc.stop.set()
@@ -850,6 +879,27 @@ class Instance:
             idle = was_busy and self._state is State.IDLE
             waiters = self._became_idle() if idle else []
             interrupt = cut.interrupt and self._state is State.BUSY
+        self._act(proc, cut, head, done, unsolicited, retire, interrupt, idle, waiters)
+        return cut.quiet
+
+    def _on_quiet(self, proc: _Process) -> float | None:
+        with self._lock:
+            if proc is not self._proc:
+                return None
+            head = self._turns[0] if self._turns else None
+            was_busy = self._state is State.BUSY
+            cut = proc.framer.on_quiet()
+            done, unsolicited, retire = self._apply(proc, cut)
+            idle = was_busy and self._state is State.IDLE
+            waiters = self._became_idle() if idle else []
+            interrupt = cut.interrupt and self._state is State.BUSY
+        self._act(proc, cut, head, done, unsolicited, retire, interrupt, idle, waiters)
+        return cut.quiet
+
+    def _act(self, proc: _Process, cut: Cut, head: _Turn | None, done: list[Completion],
+             unsolicited: list[Response], retire: str | None, interrupt: bool, idle: bool,
+             waiters: list[Callable[[], None]]) -> None:
+        """Outside the lock: carry out what a framer call found (the same for data and quiet)."""
         if cut.send:
             self._write(proc, cut.send)
         for call in cut.calls:
@@ -862,25 +912,6 @@ class Instance:
         self._after_frames(proc, unsolicited, retire)
         if interrupt:
             self.interrupt()
-        if idle:
-            self._idle_now(waiters)
-        return cut.quiet
-
-    def _on_quiet(self, proc: _Process) -> None:
-        with self._lock:
-            if proc is not self._proc:
-                return
-            was_busy = self._state is State.BUSY
-            cut = proc.framer.on_quiet()
-            done, unsolicited, retire = self._apply(proc, cut)
-            idle = was_busy and self._state is State.IDLE
-            waiters = self._became_idle() if idle else []
-        if cut.send:
-            self._write(proc, cut.send)
-        if self._hook_work:
-            self._end_hooks()
-        self._resolve(done)
-        self._after_frames(proc, unsolicited, retire)
         if idle:
             self._idle_now(waiters)
 
@@ -1156,8 +1187,8 @@ class _StdoutSink:
     def on_data(self, chunk: bytes) -> float | None:
         return self._i._on_data(self._p, chunk)
 
-    def on_quiet(self) -> None:
-        self._i._on_quiet(self._p)
+    def on_quiet(self) -> float | None:
+        return self._i._on_quiet(self._p)
 
     def on_eof(self) -> None:
         pass  # the exit descriptor, not EOF, says the process is gone

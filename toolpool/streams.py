@@ -36,8 +36,8 @@ class Sink(Protocol):
     def on_data(self, chunk: bytes) -> float | None:
         """New bytes.  Return a quiet period (seconds) to be told about, or None."""
 
-    def on_quiet(self) -> None:
-        """No byte arrived during the quiet period last asked for."""
+    def on_quiet(self) -> float | None:
+        """No byte arrived during the quiet period last asked for; return another to wait for, or None."""
 
     def on_eof(self) -> None:
         """The stream closed."""
@@ -119,8 +119,8 @@ class StreamReader(threading.Thread):
             while True:
                 events = poller.poll(quiet_ms)
                 if not events:
-                    quiet_ms = None
-                    self._sink.on_quiet()
+                    quiet = self._sink.on_quiet()  # it may ask for another quiet period
+                    quiet_ms = None if quiet is None else max(1, int(quiet * 1000))
                     continue
                 # Data first, then exit: what a tool printed before dying belongs
                 # to its last response.

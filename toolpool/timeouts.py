@@ -35,7 +35,9 @@ def check_seconds(name: str, value: object, *, positive: bool = False, allow_non
         raise ValueError(f"{name} must be a finite number of seconds, got {value!r}{hint}")
     if seconds < 0 or (positive and seconds == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
-    return seconds
+    # Beyond what a thread can wait (about a year here) means "as good as no limit": cap it, so
+    # no wait downstream overflows.
+    return min(seconds, MAX_WAIT)
 
 
 def wait_limit(seconds: float | None) -> float | None:
