@@ -668,7 +668,7 @@ class GitWorktrees(Workspace):
         """The caller's environment without GIT_* (a GIT_DIR or GIT_INDEX_FILE would redirect us) but
         its identity; no prompts; messages in English for the errors we show."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _IDENTITY_VARS}
-        env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_OPTIONAL_LOCKS="0")
+        env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
         return env
 
     def _identity_missing(self) -> bool:
@@ -695,8 +695,11 @@ class GitWorktrees(Workspace):
             [f":(exclude,glob){pattern}/**" for pattern in self.ignore]
 
     def _git(self, args: list[str], *, cwd: str, check: bool = True, hint: str = "", limit: int = _OUTPUT_LIMIT,
-             env: dict[str, str] | None = None) -> _Result:
-        argv = ["git", "--no-optional-locks"]
+             env: dict[str, str] | None = None, refresh: bool = False) -> _Result:
+        # Reads never take an index lock, except ``refresh``: git status may then save what it learnt into
+        # the slot's own index (nobody else's), else files checked out in the index's second stay
+        # "racily clean" and every later status rereads them all.
+        argv = ["git"] if refresh else ["git", "--no-optional-locks"]
         for setting in _GIT_CONFIG:
             argv += ["-c", setting]
         argv += args
@@ -712,7 +715,7 @@ class GitWorktrees(Workspace):
 
     def _state(self, wt: _Worktree) -> _GitState:
         status = self._git(["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--",
-                            *self._pathspec()], cwd=wt.path).out
+                            *self._pathspec()], cwd=wt.path, refresh=True).out
         head = ""
         dirty = False
         for item in status.split(b"\0"):
