@@ -332,7 +332,9 @@ class ClaudeFramer(Framer):
         turn = self._turn
         return (self.stall_timeout is not None and self.session and turn is not None and turn.kind == "prompt"
                 and not turn.failed and not turn.interrupt_requested and not turn.open_tools
-                and not self._answering and self._owner is not None and self._owner == turn.uuid)
+                and not self._answering and self._tool is None
+                # with partial messages claude may echo our message late: a pending turn counts as ours
+                and self._owner is not None and self._owner in (turn.uuid, _PENDING))
 
     def begin_control(self, request: Mapping[str, Any]) -> tuple[cf.Future[dict[str, Any]], bytes]:
         """Register a control request of ours: the Future of claude's answer, and the line to write.
@@ -524,6 +526,11 @@ class ClaudeFramer(Framer):
             return
         if owner == _STALE:
             log.debug("claude: dropped the late result of a request that already ended")
+            if self._tool is not None:  # claude's own turn, cut short: end it (the instance holds prompts)
+                tool, self._tool = self._tool, None
+                frame = self._finish(tool, obj)
+                frame.unsolicited = True
+                self._cut.frames.append(frame)
             return
         if turn is not None and turn.kind == "ready" and self._tool is None:
             # claude gave up before it was ready (e.g. an unknown --resume id).
@@ -582,12 +589,11 @@ class ClaudeFramer(Framer):
             if turn.interrupt_requested and _is_interrupt_marker(obj):
                 turn.marker_seen = True  # only after our interrupt: a tool result may quote the marker
             for block in _blocks(obj):
-                call: dict[str, Any] | None = None
-                if block.get("type") == "tool_result":
-                    call = turn.open_tools.pop(str(block.get("tool_use_id")), None)
-                if call is not None:
-                    call["result"] = _result_text(block.get("content"))
-                    call["is_error"] = bool(block.get("is_error", False))
+                done = turn.open_tools.pop(str(block.get("tool_use_id")), {}) \
+                    if block.get("type") == "tool_result" else {}
+                if done:
+                    done["result"] = _result_text(block.get("content"))
+                    done["is_error"] = bool(block.get("is_error", False))
         elif kind == "system" and obj.get("subtype") == "api_retry":
             turn.retries.append({k: v for k, v in obj.items() if k not in ("type", "subtype", "uuid", "session_id")})
 
@@ -716,11 +722,30 @@ class ClaudeFramer(Framer):
             self._cut.frames.append(Frame(error=ProtocolError(message), final=False))
 
     def _too_long(self, start: bytes) -> None:
-        """An over-long line ends the request now; the claude turn it was in is dropped to its result."""
-        if start.startswith(b'{"type":"result"') and self._owner is not None:
-            self._owner, self._held = None, []  # it was the result line: that claude turn is over
-        elif self._owner is not None:
-            self._owner, self._held = _STALE, []
+        """An over-long line fails the request whose turn it is in, at once; the rest of that turn is dropped.
+
+        A line of a turn nobody waits for any more (its request already ended, or claude
+        ran it by itself) fails nobody: the next request may already be waiting.
+        """
+        owner, turn = self._owner, self._turn
+        is_result = start.startswith(b'{"type":"result"')
+        ours = turn is not None and turn.kind == "prompt" and owner is not None and (
+            owner == _POSITIONAL or owner == turn.uuid)
+        if owner == _STALE or (owner == _PENDING and not ours):
+            log.warning("claude printed a line longer than max_line_bytes=%d in a turn no request waits for; "
+                        "dropped", self.max_line_bytes)
+            if is_result:
+                self._owner, self._held = None, []  # that claude turn is over
+                if self._tool is not None:  # it was claude's own turn: end it (the instance holds prompts)
+                    tool, self._tool = self._tool, None
+                    frame = self._finish(tool, {"is_error": True, "subtype": "error_line_too_long"})
+                    frame.unsolicited = True
+                    self._cut.frames.append(frame)
+            else:
+                self._owner, self._held = _STALE if owner == _STALE or self._tool is None else owner, []
+            return
+        if owner is not None:
+            self._owner, self._held = (None if is_result else _STALE), []
         self._protocol_error(f"claude printed a line longer than max_line_bytes={self.max_line_bytes} (it starts "
                              f"with {start[:120]!r}); the request failed and the rest of that turn was dropped. "
                              "Raise ClaudeAdapter(max_line_bytes=...) if such long replies are expected",
@@ -804,6 +829,7 @@ class ClaudeAdapter(Adapter):
 
     name = "claude"
     shareable = False  # per-slot config directories: one pool at a time
+    unread_input_safe = True  # whole stream-json lines; a late answer to one is dropped by its uuid
 
     def __init__(self, cli_path: str | None = None, *, model: PerSlot[str | None] = None,
                  cwd: PerSlot[str | None] = None, env: Mapping[str, str] | None = None,
