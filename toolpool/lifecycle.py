@@ -161,15 +161,16 @@ def _start_time(pid: int) -> int | None:
 def private_dir(kind: str, parent: str | None = None) -> str:
     """A new 0700 directory ``toolpool-<kind>-<pid>-<start time>-XXXX`` in ``parent`` (the temp dir).
 
-    The first call per kind also removes such directories left by owners that
+    The first call per kind and parent also removes such directories left by owners that
     are gone (killed before they could clean up): same user, and no live process
     with that pid and start time.
     """
     if not re.fullmatch(r"[a-z]+", kind):
         raise ValueError(f"kind must be lowercase letters, got {kind!r}")
     me = os.getpid()
-    if not _reclaimed.get(f"{kind}:{me}"):
-        _reclaimed[f"{kind}:{me}"] = True
+    key = f"{kind}:{me}:{parent or tempfile.gettempdir()}"  # once per kind and directory
+    if not _reclaimed.get(key):
+        _reclaimed[key] = True
         reclaim_stale_dirs(kind, parent)
     return tempfile.mkdtemp(prefix=f"toolpool-{kind}-{me}-{_start_time(me) or 0}-", dir=parent)
 
