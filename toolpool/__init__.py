@@ -7,6 +7,7 @@ from .adapters.command import CommandAdapter
 from .dispatch import Lease
 from .errors import (
     AcquireTimeout,
+    BudgetExceeded,
     InstanceBusy,
     InstanceCrashed,
     InstanceUnavailable,
@@ -34,7 +35,7 @@ logging.getLogger("toolpool").addHandler(logging.NullHandler())
 install_log_redaction("toolpool")
 
 __all__ = [
-    "AcquireTimeout", "CommandAdapter", "Lease", "RestartPolicy",
+    "AcquireTimeout", "BudgetExceeded", "CommandAdapter", "Lease", "RestartPolicy",
     "Adapter", "DemoAdapter", "Instance", "InstanceBusy", "InstanceCrashed", "InstanceUnavailable", "PoolClosed",
     "PoolFull", "ProtocolError", "ReplAdapter", "Response", "ResponseTimeout", "ResponseTooLarge", "SpawnError",
     "State", "Timings", "ToolNotFoundError", "ToolPoolError", "ToolProcessPool", "adapter_names", "create_adapter",
