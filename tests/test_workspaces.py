@@ -310,6 +310,25 @@ def test_errors_name_the_problem_and_the_fix(tmp_path: Path) -> None:
     assert list(branches(repo)) == ["main"] and worktree_paths(repo) == [str(repo)]  # nothing left by failures
 
 
+def test_a_hanging_git_is_killed_at_git_timeout_and_a_missing_git_is_named(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_repo(tmp_path)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "git").write_text(  # a git that hangs, and a child of it that would outlive a plain kill
+        f"#!{sys.executable}\nimport subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\ntime.sleep(30)\n")
+    (fake_bin / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    started = time.monotonic()
+    with pytest.raises(GitError, match=r"`git .*rev-parse.*` in .* failed: no answer within 0.5s \(killed\)"):
+        GitWorktrees(repo, git_timeout=0.5).prepare(0)
+    assert time.monotonic() - started < 10
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(WorkspaceError, match=r"git is not installed .*install git"):
+        GitWorktrees(repo).prepare(0)
+
+
 def test_twenty_threads_committing_at_once_never_collide(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     pools = [GitWorktrees(repo, reset_between=True), GitWorktrees(repo, reset_between=True)]  # one repository lock

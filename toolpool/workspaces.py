@@ -28,6 +28,7 @@ import re
 import secrets
 import selectors
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -406,8 +407,14 @@ class _Result:
 
 def _run_bounded(argv: list[str], cwd: str, env: dict[str, str], timeout: float, limit: int) -> _Result:
     """Run ``argv`` (no shell), keeping at most ``limit`` bytes of stdout; killed at the deadline."""
+    # A session of its own, so that a kill reaches whatever git started (a credential helper, a pager...).
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, close_fds=True)
+                            stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
     out, err = bytearray(), bytearray()
     truncated = timed_out = False
     deadline = time.monotonic() + timeout
@@ -433,11 +440,11 @@ def _run_bounded(argv: list[str], cwd: str, env: dict[str, str], timeout: float,
                     sel.unregister(key.fileobj)  # enough: git gets EPIPE when it writes on
                     proc.stdout.close()
     if timed_out or truncated:
-        proc.kill()
+        kill()
     try:
         rc = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
     except subprocess.TimeoutExpired:
-        proc.kill()
+        kill()
         rc = proc.wait()
     for stream in (proc.stdout, proc.stderr):
         stream.close()
