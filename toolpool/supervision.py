@@ -264,12 +264,12 @@ class Supervisor:
             raise
 
     def _start_again(self, inst: Instance, epoch: int) -> None:
-        if not self._current(inst.index, epoch) or inst.state is not State.STOPPED:
+        if not self._current(inst.index, epoch) or not _in_state(inst, State.STOPPED):
             return
         try:
             inst.start(self.start_timeout)
         except ToolPoolError:
-            if self._current(inst.index, epoch) and inst.state is State.EXITED:
+            if self._current(inst.index, epoch) and _in_state(inst, State.EXITED):
                 self.on_failure(inst, None)
 
     def retire_if_on(self, inst: Instance, turn: int, why: str) -> None:
@@ -419,3 +419,8 @@ class Supervisor:
             self.closed = True
             for i in range(len(self._epoch)):
                 self._bump(i)
+
+
+def _in_state(inst: Instance, state: State) -> bool:
+    """``inst.state is state``, read afresh (it changes under our feet: no narrowing)."""
+    return inst.state is state

@@ -710,7 +710,7 @@ class AiderAdapter(Adapter):
         self._real_home = os.path.expanduser("~")
         self._lock = threading.Lock()
         self._root: str | None = None
-        self._cleanup: weakref.finalize | None = None
+        self._cleanup: weakref.finalize[Any, Any] | None = None
         self._install_key: str | None = None
         if confirm is not None and not callable(confirm):
             raise ValueError(f"confirm must be a callable (question, context) -> bool | str, got {confirm!r}")
