@@ -26,6 +26,7 @@ from .redact import install_log_redaction
 from .response import Response, Timings
 from .states import State
 from .supervision import RestartPolicy
+from .workspaces import Directory, GitWorktrees, Workspace
 
 __version__ = "0.1.0"
 
@@ -35,7 +36,8 @@ logging.getLogger("toolpool").addHandler(logging.NullHandler())
 install_log_redaction("toolpool")
 
 __all__ = [
-    "AcquireTimeout", "BudgetExceeded", "CommandAdapter", "Lease", "RestartPolicy",
+    "AcquireTimeout", "BudgetExceeded", "CommandAdapter", "Directory", "GitWorktrees", "Workspace", "Lease",
+    "RestartPolicy",
     "Adapter", "DemoAdapter", "Instance", "InstanceBusy", "InstanceCrashed", "InstanceUnavailable", "PoolClosed",
     "PoolFull", "ProtocolError", "ReplAdapter", "Response", "ResponseTimeout", "ResponseTooLarge", "SpawnError",
     "State", "Timings", "ToolNotFoundError", "ToolPoolError", "ToolProcessPool", "adapter_names", "create_adapter",

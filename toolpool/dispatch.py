@@ -22,7 +22,7 @@ import concurrent.futures as cf
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .adapters.base import EventCallback
@@ -100,6 +100,8 @@ class Dispatcher:
         self.interrupt_grace = interrupt_grace
         self.retries = 1 if retry_on_crash else 0
         self.supervisor: Supervisor | None = None  # set by the pool (they know each other)
+        #: Called with a slot before an independent request (submit/map) or a new lease runs on it.
+        self.before_independent: Callable[[int], None] | None = None
         self.queue: collections.deque[Request] = collections.deque()
         self.targeted = 0  # requests waiting in slots' own queues
         self.closed: BaseException | None = None
@@ -179,6 +181,11 @@ class Dispatcher:
                     break
                 req, slot = picked
             if req.kind == "lease":
+                if self.before_independent is not None:
+                    try:
+                        self.before_independent(slot.index)
+                    except Exception:
+                        log.exception("preparing slot %d for a new lease failed", slot.index)
                 req.future.set_result(slot)
             else:
                 self._run(req, slot)
@@ -277,6 +284,8 @@ class Dispatcher:
         spawn = max(0.0, (inst.ready_at or 0.0) - started) if cold else 0.0
         timings = Timings(queued=max(0.0, waited - spawn), acquire=waited, spawn=spawn, warm=not cold)
         try:
+            if req.target is None and self.before_independent is not None:
+                self.before_independent(slot.index)
             fut = inst.send(req.prompt or "", on_event=req.on_event, timings=timings, data=req.data, unread=False)
         except (InstanceBusy, InstanceUnavailable):
             # Lost a race with a crash or with a turn the tool started itself: back to the head.
@@ -608,6 +617,10 @@ class Lease:
 
     def interrupt(self) -> bool:
         return self._check().interrupt()
+
+    def control(self, request: Mapping[str, Any], timeout: float | None = 10.0) -> dict[str, Any]:
+        """A control request to the leased tool (claude: set_model, set_permission_mode...)."""
+        return self._check().control(request, timeout)
 
     def status(self) -> dict[str, Any]:
         return self.instance.status()

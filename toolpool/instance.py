@@ -36,7 +36,7 @@ import signal
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .adapters.base import RATE_LIMIT_EVENT, Adapter, Control, Cut, EventCallback, Frame, Framer
@@ -154,15 +154,13 @@ class Instance:
     instance runs a scheduler of its own, stopped with ``stop(final=True)``);
     ``run_call`` runs a framer's off-thread work (:attr:`Cut.calls`; the pool
     passes a worker pool's ``submit``; alone, a thread per call);
-    ``working_dir(slot)`` overrides the adapter's working directory (a pool's
-    workspace); ``turn_hooks`` run around every request turn.
+    ``turn_hooks`` run around every request turn (a pool's workspace).
     """
 
     def __init__(self, adapter: Adapter, index: int, listener: Listener | None = None, *,
                  on_idle: Callable[[Instance], None] | None = None,
                  call_later: CallLater | None = None,
                  run_call: Callable[[Callable[[], None]], Any] | None = None,
-                 working_dir: Callable[[int], str | None] | None = None,
                  turn_hooks: TurnHooks | None = None) -> None:
         self.adapter = adapter
         self.index = index
@@ -170,7 +168,6 @@ class Instance:
         self._on_idle = on_idle
         self._call_later = call_later
         self._run_call = run_call
-        self._working_dir = working_dir
         self._hooks = turn_hooks
         self._hook_work: list[tuple[object, Response]] = []  # (token, response): TurnHooks.end to run
         self._own_scheduler: Scheduler | None = None
@@ -379,7 +376,7 @@ class Instance:
         adapter = self.adapter
         transport = make_transport(adapter.transport, adapter.command(self.index),
                                    adapter.environment(self.index),
-                                   (self._working_dir or adapter.working_dir)(self.index),
+                                   adapter.working_dir(self.index),
                                    adapter_env=adapter.env,
                                    memory_max=getattr(adapter, "memory_max", None))
         try:
@@ -834,6 +831,27 @@ class Instance:
             self._write(proc, cut.send)
         self.adapter.interrupt(proc.control)
         return True
+
+    def control(self, request: Mapping[str, Any], timeout: float | None = 10.0) -> dict[str, Any]:
+        """Send a control request to the running tool and wait for its answer (claude: ``set_model``,
+        ``set_permission_mode``, ``interrupt``...; build them with :mod:`toolpool.adapters.claude_control`).
+
+        Raises TypeError/NotImplementedError for a tool without a control protocol,
+        :class:`InstanceUnavailable` when no process runs, ``TimeoutError`` when the tool
+        does not answer within ``timeout``, and the adapter's error when it refuses.
+        """
+        timeout = check_seconds("timeout", timeout)
+        with self._lock:
+            proc = self._proc
+            if proc is None or self._state not in (State.IDLE, State.BUSY):
+                raise self._not_ready_error()
+            future, data = proc.framer.begin_control(request)
+        self._write(proc, data)
+        try:
+            return future.result(timeout)
+        except cf.TimeoutError:
+            raise TimeoutError(f"instance {self.index} did not answer the control request "
+                               f"{request.get('subtype')!r} within {timeout}s") from None
 
     def probe(self, timeout: float) -> bool:
         """Check that an idle tool still answers (the adapter's liveness probe).

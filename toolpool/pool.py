@@ -157,9 +157,10 @@ class ToolProcessPool:
         # Answers to a tool's own requests (permission callbacks...): apart from spawns, so neither starves.
         self._workers = cf.ThreadPoolExecutor(max_workers=max(2, self.max_size), thread_name_prefix="toolpool-call")
         self._workspace = _WorkspaceTurns(workspace) if workspace is not None else None
+        if self._workspace is not None:
+            adapter.slot_dirs = self._workspace.path  # the adapter sees where each slot runs
         instances = [Instance(adapter, i, self._on_instance_event, on_idle=self._on_idle,
                               call_later=self._scheduler.call_later, run_call=self._workers.submit,
-                              working_dir=self._workspace.path if self._workspace else None,
                               turn_hooks=self._workspace)
                      for i in range(self.max_size)]
         self._table = SlotTable(instances, self.min_size)
@@ -173,6 +174,8 @@ class ToolProcessPool:
             max_requests=max_requests, max_lifetime=self.max_lifetime, stuck_timeout=self.stuck_timeout,
             health_check_interval=self.health_check_interval, oneshot=adapter.oneshot)
         self._dispatcher.supervisor = self._supervisor
+        if self._workspace is not None:
+            self._dispatcher.before_independent = self._workspace.reset
         lifecycle.register_pool(self)
         try:
             self._start_initial()
@@ -394,6 +397,21 @@ class ToolProcessPool:
         """Ask instance ``index`` to cancel its current turn (False if idle)."""
         return self._instance(index).interrupt()
 
+    def control(self, index: int, request: Mapping[str, Any], timeout: float | None = 10.0) -> dict[str, Any]:
+        """Send a control request to instance ``index``'s tool and return its answer.
+
+        claude: ``set_model``, ``set_permission_mode``, ``interrupt`` (build them with
+        :mod:`toolpool.adapters.claude_control`).  Raises :class:`InstanceBusy` if the
+        instance is leased or running a dispatched request (use ``Lease.control``),
+        ``TimeoutError`` when the tool does not answer in time.
+        """
+        slot = self._claim(index)
+        try:
+            answer: dict[str, Any] = slot.instance.control(request, timeout)
+            return answer
+        finally:
+            self._dispatcher.unclaim_index(slot)
+
     def restart_instance(self, index: int, timeout: float | None = None) -> None:
         """Replace instance ``index``'s process with a new one; return when it is ready.
 
@@ -556,6 +574,8 @@ class ToolProcessPool:
             self._workers.shutdown(wait=True, cancel_futures=True)
             if self._workspace is not None:
                 self._workspace.close()
+            if self._workspace is not None:
+                self.adapter.slot_dirs = None
             self.adapter.detach()
             unregister_secrets(self._secrets)
             log.info("pool shut down (%d instances)", len(self._table))
@@ -608,6 +628,11 @@ class _WorkspaceTurns:
         response.commit = found.commit
         if found.diff_truncated:
             response.meta["diff_truncated"] = True
+
+    def reset(self, slot: int) -> None:
+        """Before an independent request (submit/map) or a new lease: back to the base, if the
+        workspace resets between requests (``GitWorktrees(reset_between=True)``)."""
+        self.workspace.reset(slot)
 
     def close(self) -> None:
         try:

@@ -320,6 +320,7 @@ class AiderFramer(Framer):
         self.root = root
         self._prompt: str | None = None
         self._marked = False  # the marker came since the last question: what follows is aider's prompt
+        self._held = bytearray()  # the start of a marker at the end of the last read
         self._llm_seen = False  # a marker came this turn: the model call is over
         self._post_llm = False  # a question after the model call was answered
         self._expect_marker = False  # ... and another model call follows it (a reflection)
@@ -372,10 +373,8 @@ class AiderFramer(Framer):
 
     # -- output --------------------------------------------------------------------
     def feed(self, data: bytes) -> Cut:
-        if self.mark and self.mark in data:
-            data = data.replace(self.mark, b"")  # one printf write: never split across reads
-            self._marked = self._llm_seen = True
-            self._expect_marker = False
+        if self.mark:
+            data = self._take_mark(data)
         if self._skip:
             data = self._skip_continuations(data)
             if not data:
@@ -399,6 +398,23 @@ class AiderFramer(Framer):
         return Cut(frames, events=events, quiet=quiet, interrupt=interrupt, calls=calls)
 
     # -- marker mode: which prompt ends the turn, which questions are aider's -------------
+    def _take_mark(self, data: bytes) -> bytes:
+        """``data`` without the marker (noting that it came), and without a marker's first bytes at
+        its end: those wait for the next read.  printf writes the marker at once, but a reader that
+        takes a long output in fixed-size reads may still cut it in two."""
+        assert self.mark is not None
+        data = bytes(self._held) + data
+        self._held.clear()
+        if self.mark in data:
+            data = data.replace(self.mark, b"")
+            self._marked = self._llm_seen = True
+            self._expect_marker = False
+        for size in range(min(len(self.mark) - 1, len(data)), 0, -1):
+            if data.endswith(self.mark[:size]):
+                self._held += data[-size:]
+                return data[:-size]
+        return data
+
     def _prompt_is_final(self) -> bool:
         """Whether the prompt at the end of the output is aider's (see :class:`AiderAdapter`)."""
         if not self.mark or not self._prompted:
@@ -406,6 +422,10 @@ class AiderFramer(Framer):
         if self._bang and self.confirm is not None and not self._output_answered:
             return False  # the command's own output: aider asks about it before it prompts
         if not self._message:
+            return True
+        if isinstance(self._prompt, AiderCommand) and not self._llm_seen:
+            # Only a model call makes aider print the marker, and a command may make none
+            # (/settings, /save, /ask without a question...): the prompt after the longer quiet.
             return True
         return self._marked or (self._post_llm and not self._expect_marker)
 
@@ -604,7 +624,7 @@ class AiderFramer(Framer):
         return out
 
     def partial(self) -> bytes:
-        return bytes(self._lead) + self._inner.partial()
+        return bytes(self._lead) + self._inner.partial() + bytes(self._held)
 
 
 def _in_git_work_tree(path: str) -> bool:
@@ -736,7 +756,7 @@ class AiderAdapter(Adapter):
 
     def command(self, slot: int) -> list[str]:
         argv = [self.cli_path, *SCRIPTED_FLAGS]
-        if not _in_git_work_tree(self.cwd or os.getcwd()):
+        if not _in_git_work_tree(self.working_dir(slot) or os.getcwd()):
             argv.append("--no-git")
         for flag, value in (("--model", self.model), ("--openai-api-base", self.api_base),
                             ("--edit-format", self.edit_format)):

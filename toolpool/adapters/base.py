@@ -28,6 +28,7 @@ See ``docs/adapters.md``.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import re
 import signal
@@ -154,6 +155,11 @@ class Framer:
         """The bytes received so far of the frame in progress."""
         return b""
 
+    def begin_control(self, request: Mapping[str, Any]) -> tuple[cf.Future[dict[str, Any]], bytes]:
+        """Register a control request of ours (a tool with a control protocol, such as claude's):
+        the Future of the tool's answer, and the bytes to write."""
+        raise NotImplementedError(f"{type(self).__name__}: this tool takes no control requests")
+
 
 class Control:
     """What :meth:`Adapter.interrupt` may do to one running process.
@@ -269,9 +275,13 @@ class Adapter:
     def start_failed(self, slot: int, error: BaseException) -> None:
         """A process of ``slot`` failed to start with ``error`` (e.g. to drop a ``--resume`` that cannot work)."""
 
+    #: Set by a pool with a ``workspace``: each slot's directory (the adapter then sees where its
+    #: slot really runs, e.g. to tell a git work tree from a plain directory).
+    slot_dirs: Callable[[int], str] | None = None
+
     def working_dir(self, slot: int) -> str | None:
-        """The working directory of ``slot``'s process (default: ``cwd`` for every slot)."""
-        return self.cwd
+        """The working directory of ``slot``'s process: the pool's workspace for it, else ``cwd``."""
+        return self.slot_dirs(slot) if self.slot_dirs is not None else self.cwd
 
     def secret_env(self) -> dict[str, str]:
         """Variables whose secret-looking values must never appear in a status dump.
