@@ -27,7 +27,12 @@ the run ended.
 (T: seconds since spawn, REPR: the bytes' repr); ``## T SEND LABEL REPR`` when
 the recorder typed something, other ``## `` lines are the recorder's notes.
 
-``aider_multiline_probe.txt``: ``T >>> REPR`` typed text, ``T REPR`` output.
+``aider_multiline_probe.txt``: ``T >>> REPR`` typed text, ``T REPR`` output,
+``## T ANSWER REPR`` an answer the adapter's framer typed (a confirm question).
+
+Both aider captures say in a ``# marker: REPR`` header line which
+end-of-turn marker the recording's command line made aider print (None when
+the adapter ran without one), so that a replay frames it as that adapter did.
 """
 
 from __future__ import annotations
@@ -400,16 +405,16 @@ class AiderRun:
         self.turn = b""  # output since the last send
 
     def act(self, cut: Cut) -> None:
-        """Write what the framer asks to write, as the instance does, and note it."""
+        """Write what the framer asks to write, as the instance does, and note it (in both formats)."""
         for data in [cut.send] + [call() for call in cut.calls]:
             if data:
-                self.mark(f"ANSWER {data.decode('utf-8', 'replace')!r}")
+                self.mark(f"ANSWER {data.decode('utf-8', 'replace')!r}", always=True)
                 self.tool.write(data)
 
-    def mark(self, text: str) -> None:
+    def mark(self, text: str, always: bool = False) -> None:
         while self.pump(0.0):  # output read before the mark comes before it
             pass
-        if not self.probe:
+        if always or not self.probe:
             self.log.append(f"## {self.tool.now():.3f} {text}")
 
     def send(self, label: str, typed: str) -> None:
@@ -489,8 +494,20 @@ def aider_adapter(aider: str, url: str, repo: str) -> AiderAdapter:
 
 
 def aider_header(kind: str, argv: list[str]) -> list[str]:
+    """The command line, and the end-of-turn marker it makes aider print (the replay's framer needs it)."""
     cmd = " ".join(["aider"] + argv[1:])
-    return [f"# aider interactive over {kind}, offline against toolpool.testing.FakeOpenAIServer, cmd: {cmd}"]
+    return [f"# aider interactive over {kind}, offline against toolpool.testing.FakeOpenAIServer, cmd: {cmd}",
+            f"# marker: {aider_marker(argv)!r}"]
+
+
+def aider_marker(argv: list[str]) -> bytes | None:
+    """The marker the adapter's ``--notifications-command`` prints (octal escapes for printf), or None."""
+    if "--notifications-command" not in argv:
+        return None
+    found = re.search(r"printf '((?:\\[0-7]{3})+)'", argv[argv.index("--notifications-command") + 1])
+    if found is None:
+        raise RecordError(f"cannot read the marker from aider's notifications command {argv!r}")
+    return bytes(int(code, 8) for code in found.group(1).split("\\")[1:])
 
 
 def aider_transcript(aider: str, server: FakeOpenAIServer, repo: str, sanitize: Sanitizer) -> list[str]:

@@ -66,18 +66,70 @@ def ready(f: AiderFramer, prompt_line: bytes = b"> ") -> None:
     assert len(frames) == 1 and frames[0].error is None
 
 
-def load_transcript(name: str) -> list[tuple[str, str | None, list[bytes]]]:
-    """[(label, typed text, output chunks)] per driver SEND mark of a transcript capture."""
-    turns: list[tuple[str, str | None, list[bytes]]] = [("startup", None, [])]
+def load_transcript(name: str) -> list[tuple[str, str | None, list[bytes], list[bytes]]]:
+    """[(label, typed text, output chunks, answers typed)] per driver SEND mark of a transcript capture."""
+    turns: list[tuple[str, str | None, list[bytes], list[bytes]]] = [("startup", None, [], [])]
     with open(os.path.join(CAPTURES, name), encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split(" ", 3)
             if line.startswith("## ") and len(parts) == 4 and parts[2] == "SEND":
                 label, typed = parts[3].split(" ", 1)
-                turns.append((label, ast.literal_eval(typed), []))
+                turns.append((label, ast.literal_eval(typed), [], []))
+            elif line.startswith("## ") and len(parts) == 4 and parts[2] == "ANSWER":
+                turns[-1][3].append(ast.literal_eval(parts[3]).encode())
             elif len(parts) >= 3 and parts[1] == "out":
                 turns[-1][2].append(ast.literal_eval(line.split(" ", 2)[2]))
     return turns
+
+
+def capture_marker(name: str) -> bytes | None:
+    """The end-of-turn marker a capture's command line made aider print (its ``# marker:`` header line).
+
+    Checked against the command line in the header: it must be the one
+    AiderAdapter builds for that marker, so the replay frames what the adapter would have read.
+    """
+    with open(os.path.join(CAPTURES, name), encoding="utf-8") as f:
+        header = [line.rstrip("\n") for line in f if line.startswith("# ")]
+    [marker_line] = [line for line in header if line.startswith("# marker: ")]
+    marker = ast.literal_eval(marker_line[len("# marker: "):])
+    if marker is not None:
+        octal = "".join(f"\\{b:03o}" for b in marker)
+        assert f"--notifications --notifications-command {aider.MARK_COMMAND % octal}" in header[0], name
+    return marker
+
+
+class Replay:
+    """The framer ``AiderAdapter.new_framer()`` builds, fed a capture: its frames, and what it answered.
+
+    The adapter draws a fresh secret marker per instance; the replay's framer
+    gets the one the recording's aider printed instead.
+    """
+
+    def __init__(self, marker: bytes | None, tmp_path) -> None:
+        adapter = AiderAdapter(cwd=str(tmp_path))
+        self.framer = adapter.new_framer()
+        assert isinstance(self.framer, AiderFramer) and self.framer.confirm is adapter.confirm
+        self.framer.mark = marker
+        self.answers: list[bytes] = []
+
+    def _act(self, cut: Cut) -> list[Frame]:
+        self.answers += [call() for call in cut.calls]  # as the instance does, off its reader thread
+        return cut.frames
+
+    def start_turn(self, prompt: str | None) -> None:
+        self.framer.start_turn(prompt)
+
+    def interrupt_sent(self) -> None:
+        self.framer.interrupt_sent()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        return self._act(self.framer.feed(data))
+
+    def has_candidate(self) -> bool:
+        return self.framer.has_candidate()
+
+    def on_quiet(self) -> list[Frame]:
+        return self._act(self.framer.on_quiet())
 
 
 # -- encoding ------------------------------------------------------------------------
@@ -140,23 +192,34 @@ def usage_line(chunks: list[bytes]) -> tuple[int, int]:
     return int(sent), int(received)
 
 
-def test_pipe_transcript_replayed():
-    f = framer()
-    texts, chunks_of = {}, {}
+def replay_transcript(name: str, tmp_path) -> tuple[dict[str, Frame], dict[str, list[bytes]], dict[str, list[bytes]]]:
+    """Each turn's one frame, output chunks and answers typed, by label; the turns are the pool's usual ones."""
+    marker = capture_marker(name)
+    f = Replay(marker, tmp_path)
     adapter = AiderAdapter()
-    turns = load_transcript("aider_pipe_transcript.txt")
-    assert [label for label, _, _ in turns] == ["startup", "warmup", "ls", "add", "prompt1", "multiline", "mention",
-                                                 "slow", "after-interrupt"]
-    for label, typed, chunks in turns:
+    texts, chunks_of, answers = {}, {}, {}
+    turns = load_transcript(name)
+    assert [label for label, _, _, _ in turns] == ["startup", "warmup", "ls", "add", "prompt1", "multiline",
+                                                    "mention", "slow", "after-interrupt"]
+    for label, typed, chunks, recorded in turns:
         prompt = None if typed is None else typed_prompt(typed)
         if prompt is not None:
             assert adapter.encode(prompt) == typed.encode(), label  # the recording typed what the adapter types
         f.start_turn(prompt)
         if label == "slow":
             f.interrupt_sent()
-        frames = run(f, chunks)
+        frames = run(f, chunks)  # type: ignore[arg-type]
         assert len(frames) == 1 and frames[0].error is None, label
-        texts[label], chunks_of[label] = frames[0], chunks
+        assert f.answers == recorded, label  # the replay answers what the recording's framer answered
+        texts[label], chunks_of[label], answers[label] = frames[0], chunks, f.answers
+        f.answers = []
+        if marker is not None and label not in ("startup", "warmup", "ls", "add"):
+            assert marker in b"".join(chunks), label  # aider printed the marker at every message turn's end
+    return texts, chunks_of, answers
+
+
+def check_common_turns(texts: dict[str, Frame], chunks_of: dict[str, list[bytes]], marker: bytes | None) -> None:
+    """What every recording of the transcript shows, marker or not."""
     assert texts["startup"].text.startswith("Aider v")
     assert texts["warmup"].text.startswith("Approximate context window usage for openai/fake-model, in tokens:")
     assert texts["ls"].text == "Repo files not in the chat:\n\n  README.md\n  calc.py"
@@ -166,11 +229,10 @@ def test_pipe_transcript_replayed():
     assert (hello.fields["tokens_sent"], hello.fields["tokens_received"]) == usage_line(chunks_of["prompt1"])
     assert hello.fields["files"] == ["calc.py"] and hello.fields["mode"] == ""
     whole = b"".join(chunks_of["prompt1"])
-    assert whole.endswith(b"calc.py\n> ") and hello.raw == whole[:-2]  # all of it but the prompt
+    assert whole.endswith(b"calc.py\n> ")
+    assert hello.raw == (whole.replace(marker, b"") if marker else whole)[:-2]  # all of it but prompt and marker
     multi = texts["multiline"]
     assert multi.text == "ECHO: line one" and multi.raw.startswith(b"> > > \n")
-    # aider's note about the mentioned file cannot be told apart from the reply
-    assert texts["mention"].text == "README.md\nECHO: please look at README.md"
     assert texts["mention"].fields["files"] == ["README.md", "calc.py"]
     assert texts["slow"].text == "" and texts["slow"].fields["interrupted"] is True
     assert texts["slow"].fields["is_error"] is True and "is_error" not in hello.fields
@@ -178,38 +240,88 @@ def test_pipe_transcript_replayed():
     assert texts["after-interrupt"].fields["tokens_received"] == usage_line(chunks_of["after-interrupt"])[1]
 
 
-def load_probe(name: str) -> list[tuple[str, list[bytes]]]:
-    """[(typed text, output chunks)] of a probe capture (``t >>> 'typed'`` / ``t b'out'`` lines)."""
-    turns: list[tuple[str, list[bytes]]] = []
+def test_pipe_transcript_replayed(tmp_path):
+    """The current adapter's recording: marker mode, confirm questions answered by the default policy."""
+    name = "aider_pipe_transcript.txt"
+    marker = capture_marker(name)
+    assert marker is not None, "re-record with scripts/record-captures.py: this capture has no marker"
+    texts, chunks_of, answers = replay_transcript(name, tmp_path)
+    check_common_turns(texts, chunks_of, marker)
+    assert all(marker not in frame.raw and marker.decode() not in frame.text for frame in texts.values())
+    # aider asked about the file the message mentions; the policy said yes (aider's default),
+    # and the question is reported in meta, not in the text
+    assert answers["mention"] == [b"y\n"] and sum(len(a) for a in answers.values()) == 1
+    mention = texts["mention"]
+    assert mention.text == "ECHO: please look at README.md"
+    [question] = mention.fields["questions"]
+    assert (question["kind"], question["subject"], question["answer"]) == ("add_file", "README.md", "y")
+    hello = texts["prompt1"]
+    assert hello.fields["edited_files"] == [] and hello.fields["edit_errors"] == [] and hello.fields["commit"] is None
+
+
+def test_unmarked_transcript_replayed_through_the_fallback(tmp_path):
+    """A recording without the marker (the command line before 0a64fc1, --yes-always): the framer
+    falls back to the prompt plus a quiet period, as when aider cannot run the notification hook."""
+    name = "aider_pipe_transcript_unmarked.txt"
+    assert capture_marker(name) is None
+    texts, chunks_of, answers = replay_transcript(name, tmp_path)
+    check_common_turns(texts, chunks_of, None)
+    assert not any(answers.values())  # --yes-always: aider asked nothing
+    # aider's note about the mentioned file cannot be told apart from the reply
+    assert texts["mention"].text == "README.md\nECHO: please look at README.md"
+
+
+def load_probe(name: str) -> list[tuple[str, list[bytes], list[bytes]]]:
+    """[(typed text, output chunks, answers typed)] of a probe capture (``t >>> 'typed'`` / ``t b'out'`` /
+    ``## t ANSWER 'y\\n'`` lines)."""
+    turns: list[tuple[str, list[bytes], list[bytes]]] = []
     with open(os.path.join(CAPTURES, name), encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split(" ", 2)
             if len(parts) == 3 and parts[1] == ">>>":
-                turns.append((ast.literal_eval(parts[2]), []))
+                turns.append((ast.literal_eval(parts[2]), [], []))
+            elif turns and line.startswith("## ") and parts[2].startswith("ANSWER "):
+                turns[-1][2].append(ast.literal_eval(parts[2][len("ANSWER "):]).encode())
             elif turns and len(parts) >= 2 and parts[1][:2] in ("b'", 'b"'):
                 turns[-1][1].append(ast.literal_eval(line.split(" ", 1)[1]))
     return turns  # the capture starts mid-turn: output before the first ">>>" is dropped
 
 
-def test_multiline_probe_transcript_commands():
-    f = framer()
-    ready(f)
-    texts = []
-    probes = load_probe("aider_multiline_probe.txt")
-    assert [typed for typed, _ in probes][-1] == "<EOF>"
-    for typed, chunks in probes[:-1]:
-        # typed as is: one block starts with "/" as aider's own command (it ran /ls); the
-        # adapter's encoding of the same text (a space in front) is a message
+def test_multiline_probe_transcript_commands(tmp_path):
+    name = "aider_multiline_probe.txt"
+    marker = capture_marker(name)
+    assert marker is not None, "re-record with scripts/record-captures.py: this capture has no marker"
+    f = Replay(marker, tmp_path)
+    ready(f)  # type: ignore[arg-type]
+    frames_of = []
+    probes = load_probe(name)
+    assert [typed for typed, _, _ in probes][-1] == "<EOF>"
+    for typed, chunks, recorded in probes[:-1]:
         prompt = typed_prompt(typed)
-        frames = turn(f, prompt, *chunks)
+        if typed == "{tp\n/ls is text here\n}\ntp}\n":
+            # Typed as is, a block starting with "/" is aider's own command: it ran /ls, called no
+            # model, so printed no marker, and the framer (told a message) rightly waits for one.
+            # The adapter never types this (a space in front makes it a message: the next probe).
+            assert turn(f, prompt, *chunks) == [] and not f.has_candidate()  # type: ignore[arg-type]
+            framed_by = Replay(None, tmp_path)  # prompt-and-quiet framing shows what aider printed
+            ready(framed_by)  # type: ignore[arg-type]
+        else:
+            framed_by = f
+        frames = turn(framed_by, prompt, *chunks)  # type: ignore[arg-type]
         assert len(frames) == 1 and frames[0].error is None, typed
-        texts.append(frames[0].text)
+        assert framed_by.answers == recorded, typed
+        framed_by.answers = []
+        frames_of.append(frames[0])
+    texts = [frame.text for frame in frames_of]
     assert texts[0].startswith("Approximate context window usage for openai/fake-model, in tokens:\n\n$ 0.0000")
     assert "tokens total" in texts[0]
     assert texts[1] == "Repo files not in the chat:\n\n  README.md\n  calc.py"
+    # a shell command: aider asks whether to add its output; the default policy says aider's default (yes)
     assert texts[2] == "shell-bang\nAdded 1 line of output to the chat."
+    assert probes[2][2] == [b"y\n"] and frames_of[2].fields["questions"][0]["kind"] == "command_output"
     assert probes[3][0] == AiderAdapter().encode("/ls is text here\n}").decode()
     assert texts[3] == "ECHO: /ls is text here"  # the fake echoes the message's first line
+    assert (frames_of[3].fields["tokens_sent"], frames_of[3].fields["tokens_received"]) == usage_line(probes[3][1])
 
 
 # -- framing details ---------------------------------------------------------------------
