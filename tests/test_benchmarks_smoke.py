@@ -58,3 +58,23 @@ def test_prewarm_quick() -> None:
         r"^\(a'\) real claude -p: skipped",  # --quick never drives the real claude
         rf"^ratio start 8/1: {RATIO} \(target <= 1\.5x: (MET|MISSED)\)",
     )
+
+
+@pytest.mark.timeout(300)
+def test_profile_and_experiment_quick() -> None:
+    out = run("profile_hotpaths.py")
+    assert_lines(
+        out,
+        r"^1\. stages of pool\.ask .*unwrapped p50 [\d.]+ us",
+        r"^pool\.ask\(\) called -> Instance\._send +[\d.]+",
+        r"^Instance\._resolve -> resolve done +[\d.]+",
+        r"^1\. stages of pool\.submit .*",
+        r"^Dispatcher\._finished -> Dispatcher\._complete +[\d.]+",
+        r"^2\. cProfile \(cpu time, all threads\), pool\.ask: 500 requests, \d+ function calls per request",
+        r"^toolpool/instance\.py:\d+\(_on_data\) ",
+        r"^2\. cProfile \(cpu time, all threads\), pool\.submit: 500 requests",
+        r"^toolpool/dispatch\.py:\d+\(_finished\) ",
+        r"^concurrent\.futures\.Future: create, running, set_result, result +[\d.]+",
+    )
+    out = run("experiment_dispatch.py")
+    assert_lines(out, rf"^ratio throughput with the proposals / as is: {RATIO}")
