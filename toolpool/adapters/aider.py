@@ -423,9 +423,9 @@ class AiderFramer(Framer):
             return False  # the command's own output: aider asks about it before it prompts
         if not self._message:
             return True
-        if isinstance(self._prompt, AiderCommand) and not self._llm_seen:
-            # Only a model call makes aider print the marker, and a command may make none
-            # (/settings, /save, /ask without a question...): the prompt after the longer quiet.
+        if not self._llm_seen and not _calls_the_model(self._prompt):
+            # Only a model call makes aider print the marker, and this command may make none
+            # (/settings, /save, /lint...): its prompt after the longer quiet ends it.
             return True
         return self._marked or (self._post_llm and not self._expect_marker)
 
@@ -625,6 +625,19 @@ class AiderFramer(Framer):
 
     def partial(self) -> bytes:
         return bytes(self._lead) + self._inner.partial() + bytes(self._held)
+
+
+#: aider commands that always call the model when given text (``/ok`` even without): aider prints
+#: the marker at their end.  Without text the first four only switch the chat mode.
+_MODEL_COMMANDS = frozenset({"/ask", "/code", "/architect", "/context"})
+
+
+def _calls_the_model(prompt: str | None) -> bool:
+    """Whether aider surely calls the model for ``prompt``: a message, or a command that always does."""
+    if not isinstance(prompt, AiderCommand):
+        return prompt is not None
+    verb, _, text = prompt.partition(" ")
+    return verb == "/ok" or (verb in _MODEL_COMMANDS and bool(text.strip()))
 
 
 def _in_git_work_tree(path: str) -> bool:
