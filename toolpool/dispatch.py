@@ -338,6 +338,10 @@ class Dispatcher:
                 req.retries -= 1
                 req.state, req.slot = QUEUED, None
                 self.queue.appendleft(req)
+        if not retry and self.queue:
+            # The next request goes out before this one's caller is woken: the tool never waits on us.
+            if self.supervisor is None or not self.supervisor.maybe_recycle(slot):
+                self.pump()
         if retry:
             log.info("retrying a request from crashed instance %d on another instance", slot.index)
         else:
@@ -511,6 +515,8 @@ class Dispatcher:
         """If no slot can ever serve again, fail queued requests instead of letting them hang."""
         supervisor = self.supervisor
         with self.lock:
+            if not self.targeted and not all(_hopeless(slot, supervisor) for slot in self.table):
+                return  # the common case (a busy pool): some slot will serve
             dead = {slot.index for slot in self.table if _hopeless(slot, supervisor)}
             growable = any(not slot.active and slot.instance.state is State.STOPPED for slot in self.table)
             everyone = len(dead) == len(self.table) and not growable and not (supervisor and supervisor.growing)

@@ -169,6 +169,7 @@ class Instance:
         self._call_later = call_later
         self._run_call = run_call
         self._hooks = turn_hooks
+        self._observes = type(adapter).observe is not Adapter.observe  # most adapters do not
         self._hook_work: list[tuple[object, Response]] = []  # (token, response): TurnHooks.end to run
         self._own_scheduler: Scheduler | None = None
         self._lock = threading.Lock()
@@ -241,8 +242,8 @@ class Instance:
             return
         check_transition(self._state, new)
         self._state = new
-        self.state_since = time.time()
-        self.busy_since = time.time() if new is State.BUSY else None
+        self.state_since = now = time.time()
+        self.busy_since = now if new is State.BUSY else None
 
     def set_supervised_state(self, new: State) -> bool:
         """Move an EXITED instance to BACKOFF or FATAL (the supervisor decides).
@@ -926,12 +927,12 @@ class Instance:
             self._events(head, cut.events)
         if self._hook_work:
             self._end_hooks()
-        self._resolve(done)
         self._after_frames(proc, unsolicited, retire)
         if interrupt:
             self.interrupt()
         if idle:
             self._idle_now(waiters)
+        self._resolve(done)  # last: the woken caller does not wait for the rest of this
 
     def _call(self, proc: _Process, call: Callable[[], bytes]) -> None:
         """Run a framer's off-thread work; write what it returns if the process is still the current one."""
@@ -1136,7 +1137,7 @@ class Instance:
                 setattr(response, key, value)
             else:
                 response.meta[key] = value
-        if not unsolicited:
+        if not unsolicited and self._observes:
             try:
                 self.adapter.observe(self.index, response)
             except Exception:  # an adapter bug must not take the reader thread down

@@ -236,6 +236,8 @@ class ToolProcessPool:
 
     def _on_idle(self, inst: Instance) -> None:
         slot = self._table[inst.index]
+        if slot.owner is not Owner.FREE and not slot.targeted:
+            return  # its holder (a dispatched request finishing, a lease) pumps when it lets go
         if not self._supervisor.maybe_recycle(slot):
             self._dispatcher.pump()
 

@@ -359,8 +359,8 @@ class Supervisor:
     # ------------------------------------------------------------ elastic sizing
     def grow_slot(self) -> Slot | None:
         """Lock held.  A parked slot to start for waiting requests (one at a time)."""
-        if self.growing or self.closed:
-            return None
+        if self.growing or self.closed or all(s.active for s in self.table.slots):
+            return None  # nothing parked (a fixed-size pool, or an elastic one at max_size)
         if any(s.active and s.instance.state in (State.STARTING, State.BACKOFF) for s in self.table):
             return None  # a process is already on its way
         for slot in self.table:
