@@ -7,10 +7,9 @@ directory, so what a turn changed is known exactly.
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
-
-import sys
 
 from toolpool import CommandAdapter, Directory, GitWorktrees, ReplAdapter, ToolProcessPool
 
