@@ -44,12 +44,13 @@ from .aider_turns import (
     answer_bytes,
     default_confirm,
     question_at_end,
+    rate_limit_status,
     read_usage,
     remove_usage_lines,
     turn_report,
     unclosed_fence,
 )
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer
+from .base import DEFAULT_MAX_RESPONSE_BYTES, RATE_LIMIT_EVENT, Adapter, Control, Cut, Frame, Framer
 from .repl import PromptFramer, compile_prompt
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,7 @@ class AiderFramer(Framer):
         self._decoder = codecs.getincrementaldecoder(encoding)("replace")
         self._snapshot: dict[str, bytes] = {}
         self._retry_pending: int | None = None  # output length at a "Retrying in" notice
+        self._limit: int | None = None  # a rate limit aider just announced: feed() reports it to the pool
 
     # -- turn bookkeeping ----------------------------------------------------------
     def start_turn(self, prompt: str | None, data: bytes = b"") -> None:
@@ -388,6 +390,9 @@ class AiderFramer(Framer):
             if text:
                 events.append({"type": "text", "text": text})
         frames = self._scan(data)
+        if self._limit is not None:  # aider gives no server retry-after (its SDK already waited it out)
+            events.append({"type": RATE_LIMIT_EVENT, "status": self._limit, "retry_after": None})
+            self._limit = None
         self._set_settle()
         frames += self._finish(self._inner.feed(data).frames)
         calls = self._ask()
@@ -566,6 +571,7 @@ class AiderFramer(Framer):
                 self._error_text = [line]
             elif _RETRY.match(line) and self._error_text:  # aider's notice follows its error line
                 self._retries += 1
+                self._limit = rate_limit_status(self._error_text) or self._limit
                 if (self.max_api_retries is not None and self._retries > self.max_api_retries
                         and not self._failed and self.mark):
                     # A reply may quote aider's notice: a real retry sleeps (>= 0.25 s) before

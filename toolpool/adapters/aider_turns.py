@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AiderQuestion", "ConfirmPolicy", "default_confirm", "question_at_end", "read_usage", "turn_report"]
+__all__ = ["AiderQuestion", "ConfirmPolicy", "default_confirm", "question_at_end", "rate_limit_status", "read_usage",
+           "turn_report"]
 
 #: ``confirm(question, context) -> bool | str``: True/False answer yes/no; a str is typed as is
 #: (e.g. ``"d"``: don't ask again, ``"a"``: all, ``"s"``: skip all).
@@ -40,6 +41,27 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("install", re.compile(r"^(?:Run pip install|Install playwright)\?$")),
 )
 
+
+# litellm's class names in aider's error line (``litellm.RateLimitError: ...``): a 429, an overloaded
+# server (OpenAI's 503).  Other classes count when their message says so (Anthropic's 529 "Overloaded").
+_LIMIT_CLASSES = {"RateLimitError": 429, "RouterRateLimitError": 429, "ServiceUnavailableError": 529}
+_ERROR_CLASS = re.compile(r"^litellm\.(\w+): ")
+
+
+def rate_limit_status(error_lines: list[str]) -> int | None:
+    """429 or 529 when aider's error lines (its ``litellm.*Error:`` line and what follows, up
+    to its "Retrying in" notice) report a rate limit or an overloaded API, else None.
+
+    aider's own hint lines ("The API provider's servers are down or overloaded.") are
+    skipped: aider prints that one for any 500 too, which is no reason to slow the pool.
+    """
+    m = _ERROR_CLASS.match(error_lines[0]) if error_lines else None
+    if m is None:
+        return None
+    if m[1] in _LIMIT_CLASSES:
+        return _LIMIT_CLASSES[m[1]]
+    message = " ".join(line for line in error_lines if not line.startswith("The API provider"))
+    return 529 if re.search(r"\boverloaded", message, re.IGNORECASE) else None
 
 @dataclass
 class AiderQuestion:

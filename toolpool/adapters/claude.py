@@ -65,7 +65,7 @@ from typing import Any, TypeAlias, TypeVar
 from ..errors import InstanceCrashed, ProtocolError, ResponseTooLarge, SpawnError, ToolNotFoundError
 from ..response import Response
 from ..tools import find_tool, where_looked
-from .base import DEFAULT_MAX_RESPONSE_BYTES, Adapter, Control, Cut, Frame, Framer, redact_argv
+from .base import DEFAULT_MAX_RESPONSE_BYTES, RATE_LIMIT_EVENT, Adapter, Control, Cut, Frame, Framer, redact_argv
 from .claude_content import content_of, is_empty
 from .claude_control import (
     DEFAULT_CALLBACK_TIMEOUT,
@@ -187,6 +187,22 @@ def _is_interrupt_marker(line: Mapping[str, Any]) -> bool:
         if any(isinstance(t, str) and t.startswith(INTERRUPT_MARKER) for t in texts):
             return True
     return False
+
+
+def _rate_limit_event(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``RATE_LIMIT_EVENT`` for claude's ``system/api_retry`` line after a 429 or 529, else None.
+
+    claude's ``retry_delay_ms`` is how long it waits before its own retry (the server's
+    ``retry-after`` when it sent one): the other instances should not call sooner.
+    """
+    if obj.get("type") != "system" or obj.get("subtype") != "api_retry":
+        return None
+    status = obj.get("error_status")
+    if status not in (429, 529):
+        return None
+    delay = obj.get("retry_delay_ms")
+    retry_after = delay / 1000.0 if isinstance(delay, (int, float)) and not isinstance(delay, bool) else None
+    return {"type": RATE_LIMIT_EVENT, "status": status, "retry_after": retry_after}
 
 
 class _TurnState:
@@ -414,6 +430,9 @@ class ClaudeFramer(Framer):
                                  f"{' (truncated)' if len(line) > 200 else ''}", final=False)
             return
         kind = obj.get("type")
+        limit = _rate_limit_event(obj)
+        if limit is not None:  # at once, whoever's turn it is: the pool pauses every instance
+            self._cut.events.append(limit)
         if kind == "control_response":
             self._control_response(obj, line)
         elif kind == "control_request":
