@@ -381,7 +381,7 @@ class Instance:
                                    adapter_env=adapter.env,
                                    memory_max=getattr(adapter, "memory_max", None))
         try:
-            framer = adapter.new_framer()
+            framer = adapter.framer_for(self.index)
             with self._lock:
                 self._generation += 1
                 proc = _Process(transport, framer, self._generation)

@@ -261,6 +261,11 @@ class Adapter:
     def new_framer(self) -> Framer:
         raise NotImplementedError
 
+    def framer_for(self, slot: int) -> Framer:
+        """The framer for a new process of ``slot`` (default: :meth:`new_framer`; override it when the
+        framer needs to know its slot)."""
+        return self.new_framer()
+
     def interrupt(self, control: Control) -> None:
         """Cancel the turn in progress.  Default: SIGINT to the tool process.
 

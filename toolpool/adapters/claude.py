@@ -16,7 +16,8 @@ closed, claude answers once and exits.  No context is kept between prompts.
 What a caller gets (both modes): a :class:`~toolpool.response.Response` whose
 ``text`` is the result's ``result`` text (or, when the result carries none, the
 text of the turn's assistant messages), with ``session_id``, ``cost_usd``
-(``total_cost_usd``), ``usage``, ``is_error``, ``num_turns`` and ``events``
+(what this turn cost: claude's ``total_cost_usd`` counts the whole process so
+far, kept in ``meta["session_cost_usd"]``), ``usage``, ``is_error``, ``num_turns`` and ``events``
 (every parsed line of the turn, in order); the result's other keys
 (``subtype``, ``duration_ms``, ``stop_reason``...) plus ``model`` and
 ``interrupted`` are in ``Response.meta``.
@@ -283,6 +284,7 @@ class ClaudeFramer(Framer):
         self._answering: set[Any] = set()  # ids of claude's requests a broker call is answering
         self._controls: dict[str, cf.Future[dict[str, Any]]] = {}  # our control requests awaiting answers
         self._control_ids = 0
+        self._cost_so_far = 0.0  # claude's last total_cost_usd in this process
         self.max_line_bytes = max_line_bytes
         self.settle = interrupt_settle
         self._buf = bytearray()
@@ -700,6 +702,13 @@ class ClaudeFramer(Framer):
             elif key not in ("type", "result"):
                 # Never let a new result key shadow a Response attribute.
                 meta[f"result_{key}" if key in _RESPONSE_ATTRS else key] = value
+        total = fields.get("cost_usd")
+        if isinstance(total, (int, float)) and not isinstance(total, bool):
+            # A session's total_cost_usd grows turn by turn: summing it (the pool's budget) would
+            # count every earlier turn again, so the Response gets this turn's share.
+            meta["session_cost_usd"] = total
+            fields["cost_usd"] = max(0.0, total - self._cost_so_far)
+            self._cost_so_far = max(self._cost_so_far, float(total))
         if result is None:
             meta["subtype"] = "stalled" if turn.stalled is not None else "interrupted"
         fields["is_error"] = True if result is None else bool(result.get("is_error", False))
@@ -947,11 +956,9 @@ class ClaudeAdapter(Adapter):
         self._owns_config_root = False
         self._cleanup: weakref.finalize[Any, Any] | None = None
         self._config_lock = threading.Lock()
-        self._spawning = threading.local()  # the slot being spawned on this thread (for new_framer)
 
     # -- process ---------------------------------------------------------------------
     def command(self, slot: int) -> list[str]:
-        self._spawning.slot = slot
         return self._argv(self._executable(), self._resume_for(slot), slot, files=True)
 
     def _resume_for(self, slot: int) -> str | None:
@@ -1104,9 +1111,10 @@ class ClaudeAdapter(Adapter):
             line["uuid"] = str(uuidlib.uuid4())
         return json.dumps(line).encode("ascii") + b"\n"
 
+    def framer_for(self, slot: int) -> Framer:
+        return self.new_framer(slot)
+
     def new_framer(self, slot: int | None = None) -> Framer:
-        if slot is None:  # the instance calls command(slot) just before, on the same thread
-            slot = getattr(self._spawning, "slot", -1)
         return ClaudeFramer(session=not self.oneshot, max_bytes=self.max_response_bytes,
                             max_line_bytes=self.max_line_bytes, interrupt_settle=self.interrupt_settle,
                             broker=self.broker, slot=slot if slot is not None else -1,
