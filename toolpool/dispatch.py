@@ -338,6 +338,9 @@ class Dispatcher:
                 req.retries -= 1
                 req.state, req.slot = QUEUED, None
                 self.queue.appendleft(req)
+        result: Response | None = None if (exc is not None or retry) else fut.result()
+        if result is not None and (result.cost_usd or self._rate_strikes):
+            self._account(result)  # before the next request goes out: a spent budget stops it
         if not retry and self.queue:
             # The next request goes out before this one's caller is woken: the tool never waits on us.
             if self.supervisor is None or not self.supervisor.maybe_recycle(slot):
@@ -345,7 +348,7 @@ class Dispatcher:
         if retry:
             log.info("retrying a request from crashed instance %d on another instance", slot.index)
         else:
-            self._complete(req, None if exc else fut.result(), exc)
+            self._complete(req, result, exc)
         if isinstance(exc, ResponseTooLarge) and inst.state is State.BUSY:
             self.abandon(inst, req.turn, "its response exceeded max_response_bytes")  # the rest may never end
         if req.target is not None and not slot.targeted:
@@ -370,8 +373,6 @@ class Dispatcher:
             self.stats.record({"requests": 1, "errors": 1, "timeouts": int(isinstance(exc, ResponseTimeout))})
         elif result is not None:
             self.stats.record({"requests": 1, "bytes_out": len(result.raw)}, {"response": result.elapsed})
-            if result.cost_usd or self._rate_strikes:
-                self._account(result)
         else:
             self.stats.record({"requests": 1})
         try:

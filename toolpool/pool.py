@@ -225,14 +225,14 @@ class ToolProcessPool:
         info = dict(info, index=inst.index)
         if event == "unsolicited":
             self._stats.incr("unsolicited")
+        elif event == "rate_limited":  # paused before anyone hears of it: a listener's next submit waits too
+            retry_after = info.get("retry_after")
+            self._dispatcher.rate_limited(retry_after if isinstance(retry_after, (int, float)) else None)
         self._notify(event, info)  # first: subscribers see causes before effects
         if event == "exited":
             self._supervisor.on_exited(inst, info)
         elif event == "ready":
             self._supervisor.on_ready(inst)
-        elif event == "rate_limited":
-            retry_after = info.get("retry_after")
-            self._dispatcher.rate_limited(retry_after if isinstance(retry_after, (int, float)) else None)
 
     def _on_idle(self, inst: Instance) -> None:
         slot = self._table[inst.index]

@@ -79,8 +79,6 @@ def test_claude_budget_stops_the_pool(claude_path: str, proxy_trap: Any) -> None
     assert costs[1] == pytest.approx(costs[0], rel=0.2)
 
 
-@pytest.mark.xfail(strict=True, reason="core: Dispatcher._finished pumps the next queued request before "
-                   "_complete accounts the cost, so one queued request too many is sent")
 def test_claude_budget_fails_the_queued_requests(claude_path: str, proxy_trap: Any) -> None:
     with FakeAnthropicServer() as server:
         make = lambda: claude(claude_path, server, proxy_trap)  # noqa: E731
