@@ -1050,6 +1050,8 @@ class ClaudeAdapter(Adapter):
         return found
 
     def working_dir(self, slot: int) -> str | None:
+        if self.slot_dirs is not None:  # the pool's workspace decides
+            return self.slot_dirs(slot)
         cwd = _for_slot(self._cwd_option, slot)
         return os.fspath(cwd) if cwd is not None else None
 
