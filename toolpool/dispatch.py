@@ -22,7 +22,7 @@ import concurrent.futures as cf
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .adapters.base import EventCallback
@@ -546,6 +546,22 @@ class Dispatcher:
 
     def waiting(self) -> int:
         return len(self.queue) + self.targeted
+
+
+def ordered_results(futures: list[cf.Future[Any]], return_exceptions: bool) -> Iterator[Response]:
+    """The results of ``futures`` in their order (``map``): an error raised at its position, or
+    yielded with ``return_exceptions``; closing the iterator early cancels those not done."""
+    try:
+        for fut in futures:
+            try:
+                yield fut.result()
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                yield exc  # type: ignore[misc]
+    finally:
+        for fut in futures:
+            fut.cancel()
 
 
 def _hopeless(slot: Slot, supervisor: Supervisor | None) -> bool:

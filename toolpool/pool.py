@@ -30,7 +30,7 @@ from typing import Any
 from . import lifecycle
 from .adapters import Adapter, create_adapter
 from .adapters.base import EventCallback
-from .dispatch import Dispatcher, Lease, Request
+from .dispatch import Dispatcher, Lease, Request, ordered_results
 from .errors import PoolClosed, ResponseTimeout, ToolNotFoundError
 from .instance import Instance
 from .metrics import Stats
@@ -287,21 +287,7 @@ class ToolProcessPool:
         batch = [(p, self._encode(p)) for p in prompts]  # reject bad input before queueing any
         futures = [self._dispatcher.submit(Request("prompt", p, data, timeout, retries=self._dispatcher.retries),
                                            bounded=False) for p, data in batch]
-
-        def results() -> Iterator[Response]:
-            try:
-                for fut in futures:
-                    try:
-                        yield fut.result()
-                    except Exception as exc:
-                        if not return_exceptions:
-                            raise
-                        yield exc  # type: ignore[misc]
-            finally:
-                for fut in futures:
-                    fut.cancel()
-
-        return results()
+        return ordered_results(futures, return_exceptions)
 
     @contextlib.contextmanager
     def lease(self, timeout: float | None = None) -> Iterator[Lease]:

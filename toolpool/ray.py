@@ -41,6 +41,7 @@ from typing import Any
 
 from . import AcquireTimeout
 from .adapters import Adapter, create_adapter
+from .dispatch import ordered_results
 from .errors import (
     InstanceUnavailable,
     PoolClosed,
@@ -249,20 +250,7 @@ class RayToolPool:
         closing the iterator early cancels the requests still queued.
         """
         futures = [self._submit(p, timeout, bounded=False) for p in prompts]
-
-        def results() -> Iterator[Response]:
-            try:
-                for fut in futures:
-                    try:
-                        yield fut.result()
-                    except Exception as exc:
-                        if not return_exceptions:
-                            raise
-                        yield exc  # type: ignore[misc]
-            finally:
-                for fut in futures:
-                    fut.cancel()
-        return results()
+        return ordered_results(futures, return_exceptions)
 
     def lease(self, timeout: float | None = None) -> RayLease:
         """One instance of one node, exclusively, for several turns: ``with pool.lease() as lease:``.
