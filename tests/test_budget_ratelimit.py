@@ -86,3 +86,13 @@ def test_requests_per_minute_spaces_dispatch():
         time.sleep(0.5)
         assert not third.done(), "a third request within the minute was sent"
         third.cancel()
+
+
+def test_the_budget_counts_by_index_and_lease_turns_too():
+    with ToolProcessPool(priced(), 1, max_cost_usd=1.0) as pool:
+        assert pool.ask(0, "cost 0.5", timeout=10).cost_usd == pytest.approx(0.5)
+        with pool.lease(timeout=10) as lease:
+            lease.ask("cost 0.6", timeout=10)
+        assert pool.stats()["cost_usd"] == pytest.approx(1.1)
+        with pytest.raises(BudgetExceeded):
+            pool.submit("more")

@@ -339,8 +339,6 @@ class Dispatcher:
                 req.state, req.slot = QUEUED, None
                 self.queue.appendleft(req)
         result: Response | None = None if (exc is not None or retry) else fut.result()
-        if result is not None and (result.cost_usd or self._rate_strikes):
-            self._account(result)  # before the next request goes out: a spent budget stops it
         if not retry and self.queue:
             # The next request goes out before this one's caller is woken: the tool never waits on us.
             if self.supervisor is None or not self.supervisor.maybe_recycle(slot):
@@ -384,8 +382,11 @@ class Dispatcher:
             return False
         return True
 
-    def _account(self, result: Response) -> None:
-        """Spend and rate-limit bookkeeping of an answered request."""
+    def account(self, result: Response) -> None:
+        """Spend and rate-limit bookkeeping of every answered request, however it was sent (the
+        instance calls it before the Response reaches anyone, so a spent budget stops the next)."""
+        if not result.cost_usd and not self._rate_strikes:
+            return
         spent_now = False
         with self.lock:
             if not result.is_error:

@@ -161,7 +161,8 @@ class Instance:
                  on_idle: Callable[[Instance], None] | None = None,
                  call_later: CallLater | None = None,
                  run_call: Callable[[Callable[[], None]], Any] | None = None,
-                 turn_hooks: TurnHooks | None = None) -> None:
+                 turn_hooks: TurnHooks | None = None,
+                 on_answer: Callable[[Response], None] | None = None) -> None:
         self.adapter = adapter
         self.index = index
         self._listener = listener
@@ -169,6 +170,7 @@ class Instance:
         self._call_later = call_later
         self._run_call = run_call
         self._hooks = turn_hooks
+        self._on_answer = on_answer  # every request's Response, before its caller sees it (the pool's budget)
         self._observes = type(adapter).observe is not Adapter.observe  # most adapters do not
         self._hook_work: list[tuple[object, Response]] = []  # (token, response): TurnHooks.end to run
         self._own_scheduler: Scheduler | None = None
@@ -976,13 +978,18 @@ class Instance:
     def _end_hooks(self) -> None:
         with self._lock:
             work, self._hook_work = self._hook_work, []
-        assert self._hooks is not None
         for token, response in work:
-            try:
-                self._hooks.end(self.index, token, response)
-            except Exception as exc:
-                log.exception("instance %d: the turn hook failed", self.index)
-                response.meta["workspace_error"] = self._redacted(str(exc))
+            if self._hooks is not None:
+                try:
+                    self._hooks.end(self.index, token, response)
+                except Exception as exc:
+                    log.exception("instance %d: the turn hook failed", self.index)
+                    response.meta["workspace_error"] = self._redacted(str(exc))
+            if self._on_answer is not None:
+                try:
+                    self._on_answer(response)
+                except Exception:
+                    log.exception("instance %d: the answer callback failed", self.index)
 
     def _on_stderr(self, proc: _Process, chunk: bytes) -> None:
         with self._lock:
@@ -1119,7 +1126,7 @@ class Instance:
         response = self._response(turn, frame)
         response.elapsed = now - turn.sent_at
         response.timings = timings
-        if self._hooks is not None:
+        if self._hooks is not None or self._on_answer is not None:
             self._hook_work.append((turn.token, response))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("instance %d answered in %.6fs (queued %.6fs, spawn %.6fs, first byte %s, %s)", self.index,

@@ -161,7 +161,7 @@ class ToolProcessPool:
             adapter.slot_dirs = self._workspace.path  # the adapter sees where each slot runs
         instances = [Instance(adapter, i, self._on_instance_event, on_idle=self._on_idle,
                               call_later=self._scheduler.call_later, run_call=self._workers.submit,
-                              turn_hooks=self._workspace)
+                              turn_hooks=self._workspace, on_answer=self._on_answer)
                      for i in range(self.max_size)]
         self._table = SlotTable(instances, self.min_size)
         self._dispatcher = Dispatcher(self._table, self._scheduler, self._stats, max_waiting=max_waiting,
@@ -233,6 +233,9 @@ class ToolProcessPool:
             self._supervisor.on_exited(inst, info)
         elif event == "ready":
             self._supervisor.on_ready(inst)
+
+    def _on_answer(self, response: Response) -> None:
+        self._dispatcher.account(response)
 
     def _on_idle(self, inst: Instance) -> None:
         slot = self._table[inst.index]
