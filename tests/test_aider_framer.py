@@ -629,3 +629,18 @@ def test_aider_without_a_model_fails_start_up_at_once():
     f.start_turn(None)
     frames = f.feed(b"No LLM model was specified and no API keys were provided.\n")
     assert frames and isinstance(frames[0].error, SpawnError) and "pass model=" in str(frames[0].error)
+
+
+def test_an_interrupt_waits_for_the_end_of_aiders_retry_sleep():
+    """A SIGINT while aider sleeps between retries makes aider 0.86.2 handle ^C twice and exit (seen
+    with the real aider): the framer holds it until the sleep is over."""
+    f = ListFramer(max_api_retries=None, settle=0.0)
+    ready(f)
+    f.start_turn("anyone there")
+    f.feed(b"\nlitellm.APIError: boom\nRetrying in 0.3 seconds...\n")
+    assert f.defer_interrupt() is True  # asleep: not now
+    assert f.last.quiet is not None and f.last.quiet >= 0.3  # a quiet period ends after the sleep
+    time.sleep(0.5)
+    assert f.defer_interrupt() is False  # in its next attempt: signal now
+    cut = AiderFramer.on_quiet(f)
+    assert cut.interrupt is True  # the held interrupt is asked for

@@ -826,6 +826,8 @@ class Instance:
                 if turn.number == number:
                     turn.cut_short = True
             pending = self._input_pending(proc)
+            if not pending and proc.framer.defer_interrupt():
+                return True  # the framer interrupts at the next safe point
             cut = Cut() if pending else proc.framer.interrupt_sent()
         if pending:
             return self.retire("interrupted while the tool was still reading the prompt", number)

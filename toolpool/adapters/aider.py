@@ -61,6 +61,8 @@ SNAPSHOT_BYTES = 1 << 20
 NONCONFORM_NOTE = "The LLM did not conform to the edit format."
 #: Quiet after a "Retrying in" notice that makes it aider's (its first retry sleeps 0.25 s).
 RETRY_QUIET = 0.2
+#: How long after aider's retry sleep a signal waits: aider is then inside its next attempt.
+AFTER_SLEEP = 0.15
 
 __all__ = ["AiderAdapter", "AiderApiError", "AiderCommand", "AiderFramer", "aider_command", "encode_prompt"]
 
@@ -333,6 +335,11 @@ class AiderFramer(Framer):
         self._decoder = codecs.getincrementaldecoder(encoding)("replace")
         self._snapshot: dict[str, bytes] = {}
         self._retry_pending: int | None = None  # output length at a "Retrying in" notice
+        # aider sleeps the printed delay after a retry notice.  A SIGINT during that sleep makes
+        # aider 0.86.2 handle ^C twice and exit; one during the next attempt is handled once.  So
+        # interrupts wait until the sleep is over (a quiet period armed for its end).
+        self._sleep_until = 0.0  # monotonic end of aider's current retry sleep
+        self._interrupt_after_sleep = False
         self._limit: int | None = None  # a rate limit aider just announced: feed() reports it to the pool
 
     # -- turn bookkeeping ----------------------------------------------------------
@@ -356,11 +363,14 @@ class AiderFramer(Framer):
         self._decoder.reset()
         self._snapshot = self._take_snapshot() if (self.mark and self._message) else {}
         self._retry_pending = None
+        self._sleep_until = 0.0
+        self._interrupt_after_sleep = False
         self._set_settle()
         self._inner.start_turn(prompt)
 
     def interrupt_sent(self) -> Cut:
         self._interrupt_sent = True
+        self._interrupt_after_sleep = False  # it is being done now
         return Cut()
 
     def input_open(self) -> bool:
@@ -399,7 +409,11 @@ class AiderFramer(Framer):
         if calls:
             events.append({"type": "question", **self._questions[-1].as_dict()})
         interrupt, self._want_interrupt = self._want_interrupt, False
-        quiet = RETRY_QUIET if self._retry_pending is not None else (self.settle if self.has_candidate() else None)
+        # After a retry notice, always a quiet period that ends with aider's sleep: an interrupt held
+        # meanwhile (defer_interrupt, from any thread) is then sent from on_quiet.
+        asleep = self._retries and time.monotonic() < self._sleep_until + AFTER_SLEEP
+        quiet = (self._after_sleep() if (self._retry_pending is not None or self._interrupt_after_sleep or asleep)
+                 else (self.settle if self.has_candidate() else None))
         return Cut(frames, events=events, quiet=quiet, interrupt=interrupt, calls=calls)
 
     # -- marker mode: which prompt ends the turn, which questions are aider's -------------
@@ -571,6 +585,8 @@ class AiderFramer(Framer):
                 self._error_text = [line]
             elif _RETRY.match(line) and self._error_text:  # aider's notice follows its error line
                 self._retries += 1
+                delay = re.search(r"[\d.]+", line[len("Retrying in "):])
+                self._sleep_until = time.monotonic() + (float(delay.group()) if delay else 0.0)
                 self._limit = rate_limit_status(self._error_text) or self._limit
                 if (self.max_api_retries is not None and self._retries > self.max_api_retries
                         and not self._failed and self.mark):
@@ -580,7 +596,7 @@ class AiderFramer(Framer):
                 elif (self.max_api_retries is not None and self._retries > self.max_api_retries
                         and not self._failed):
                     self._failed = True
-                    self._want_interrupt = True  # cut aider's retry loop short: the request failed
+                    self._interrupt_after_sleep = True  # cut aider's retry loop short, once it sleeps no more
                     frames.append(Frame(error=AiderApiError(_error_detail("\n".join(self._error_text)), True),
                                         final=False))
             elif self._error_text and len(self._error_text) < 8:
@@ -590,14 +606,33 @@ class AiderFramer(Framer):
     def has_candidate(self) -> bool:
         return self._inner.has_candidate() and self._prompt_is_final()
 
+    def defer_interrupt(self) -> bool:
+        """While aider sleeps between two attempts of an API call, hold the signal until it is over
+        (the quiet period armed at its retry notice ends just after the sleep, and interrupts)."""
+        if self._retries and time.monotonic() < self._sleep_until + AFTER_SLEEP:
+            self._interrupt_after_sleep = True
+            return True
+        return False
+
+    def _after_sleep(self) -> float:
+        """Seconds of quiet that end just after aider's current retry sleep (at least RETRY_QUIET)."""
+        return max(RETRY_QUIET, self._sleep_until + AFTER_SLEEP - time.monotonic())
+
     def on_quiet(self) -> Cut:
         if self._retry_pending is not None and not self._failed:
             self._retry_pending = None
             self._failed = True  # aider went quiet after its retry notice: it really is retrying
+            # Quiet past the end of its sleep: it is in its next attempt, where a SIGINT is safe.
             return Cut([Frame(error=AiderApiError(_error_detail("\n".join(self._error_text)), True), final=False)],
                        interrupt=True)
+        if self._interrupt_after_sleep and not (self._inner.has_candidate() and self._prompt_is_final()):
+            if time.monotonic() < self._sleep_until + AFTER_SLEEP:
+                return Cut(quiet=self._after_sleep())
+            self._interrupt_after_sleep = False
+            return Cut(interrupt=True)
         if not self._prompt_is_final():
             return Cut()
+        self._interrupt_after_sleep = False  # the turn is over: nothing left to cut short
         return Cut(self._finish(self._inner.on_quiet().frames))
 
     def _finish(self, frames: list[Frame]) -> list[Frame]:
@@ -952,20 +987,22 @@ class AiderAdapter(Adapter):
         (:meth:`AiderFramer.input_open`): it replaces the process instead.
         """
         turn = control.turn
-        wait = control.scratch.get("last_sigint", float("-inf")) + SIGINT_SPACING - time.monotonic()
-        if wait <= 0:
-            control.scratch["last_sigint"] = time.monotonic()
-            control.signal_group(signal.SIGINT)
-            return
-        if control.scratch.get("deferred") == turn:
-            return  # one is already waiting for this turn
+        with control.lock:  # a caller's interrupt and the framer's own may come at once: one SIGINT
+            wait = control.scratch.get("last_sigint", float("-inf")) + SIGINT_SPACING - time.monotonic()
+            if wait <= 0:
+                control.scratch["last_sigint"] = time.monotonic()
+                log.debug("aider: SIGINT for turn %d", turn)
+                control.signal_group(signal.SIGINT)
+                return
+            if control.scratch.get("deferred") == turn:
+                return  # one is already waiting for this turn
+            control.scratch["deferred"] = turn
 
         def deferred() -> None:
             control.scratch.pop("deferred", None)
             if control.turn == turn and control.in_turn():
                 self.interrupt(control)
 
-        control.scratch["deferred"] = turn
         control.call_later(wait, deferred)
 
     def secret_env(self) -> dict[str, str]:

@@ -151,6 +151,11 @@ class Framer:
         ``{tag ... tag}`` block): a signal now would leave the rest to be read as new input."""
         return False
 
+    def defer_interrupt(self) -> bool:
+        """True when signalling the tool right now is unsafe (aider between two attempts of an API
+        call); the framer then asks for the interrupt itself (``Cut.interrupt``) at a safe point."""
+        return False
+
     def partial(self) -> bytes:
         """The bytes received so far of the frame in progress."""
         return b""
@@ -181,6 +186,8 @@ class Control:
         self._current_turn = current_turn
         self.in_turn = in_turn
         self.scratch: dict[str, Any] = {}
+        #: Guards ``scratch``: interrupts come from the caller's thread and the reader's at once.
+        self.lock = threading.Lock()
 
     @property
     def turn(self) -> int:
