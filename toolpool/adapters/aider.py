@@ -412,8 +412,12 @@ class AiderFramer(Framer):
         # After a retry notice, always a quiet period that ends with aider's sleep: an interrupt held
         # meanwhile (defer_interrupt, from any thread) is then sent from on_quiet.
         asleep = self._retries and time.monotonic() < self._sleep_until + AFTER_SLEEP
-        quiet = (self._after_sleep() if (self._retry_pending is not None or self._interrupt_after_sleep or asleep)
-                 else (self.settle if self.has_candidate() else None))
+        if self._retry_pending is not None:
+            quiet: float | None = RETRY_QUIET  # to tell aider's own notice from a quoted one
+        elif self._interrupt_after_sleep or asleep:
+            quiet = self._after_sleep()
+        else:
+            quiet = self.settle if self.has_candidate() else None
         return Cut(frames, events=events, quiet=quiet, interrupt=interrupt, calls=calls)
 
     # -- marker mode: which prompt ends the turn, which questions are aider's -------------
@@ -622,9 +626,11 @@ class AiderFramer(Framer):
         if self._retry_pending is not None and not self._failed:
             self._retry_pending = None
             self._failed = True  # aider went quiet after its retry notice: it really is retrying
-            # Quiet past the end of its sleep: it is in its next attempt, where a SIGINT is safe.
+            # The request fails now; aider's retry loop is cut once its sleep is over (a SIGINT
+            # during the sleep would end aider).
+            self._interrupt_after_sleep = True
             return Cut([Frame(error=AiderApiError(_error_detail("\n".join(self._error_text)), True), final=False)],
-                       interrupt=True)
+                       quiet=self._after_sleep())
         if self._interrupt_after_sleep and not (self._inner.has_candidate() and self._prompt_is_final()):
             if time.monotonic() < self._sleep_until + AFTER_SLEEP:
                 return Cut(quiet=self._after_sleep())
