@@ -407,11 +407,14 @@ class FakeLLMServer:
         text = "".join(b for b in blocks if isinstance(b, str))
         kind = "tool_use" if calls else "reply"
         if not request.stream:
+            # Recorded first: a client that has the answer may ask again at once, and the records
+            # must stay in the order the requests were answered.
+            self._finish(request, kind, 200, text=text, tool_uses=calls, usage=rendered.usage)
             handler.send_json(200, rendered.message, self._reply_headers(rendered.message))
-        else:
-            handler.start_sse()
-            for event in self._paced(rendered.events, step.chunk_delay):
-                handler.send_sse(event.data, event.event)
+            return
+        handler.start_sse()
+        for event in self._paced(rendered.events, step.chunk_delay):
+            handler.send_sse(event.data, event.event)
         self._finish(request, kind, 200, text=text, tool_uses=calls, usage=rendered.usage)
 
     def _send_broken(self, request: RecordedRequest, handler: Handler, step: Stall | Drop) -> None:
@@ -446,8 +449,8 @@ class FakeLLMServer:
             self._send_stream_error(handler, body)
             self._finish(request, kind, 200, text=message)
             return
+        self._finish(request, kind, error.status, text=message)  # recorded first, as above
         handler.send_json(error.status, body, {**self._reply_headers(body), **headers})
-        self._finish(request, kind, error.status, text=message)
 
     def _paced(self, events: Iterable[SseEvent], chunk_delay: float,
                stop_after: int | None = None) -> Iterator[SseEvent]:
