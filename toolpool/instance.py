@@ -896,33 +896,33 @@ class Instance:
             head = self._turns[0] if self._turns else None
             if head is not None and head.first_byte_at is None:
                 head.first_byte_at = time.perf_counter()
-            was_busy = self._state is State.BUSY
-            cut = proc.framer.feed(chunk)
-            done, unsolicited, retire = self._apply(proc, cut)
-            idle = was_busy and self._state is State.IDLE
-            waiters = self._became_idle() if idle else []
-            interrupt = cut.interrupt and self._state is State.BUSY
-        self._act(proc, cut, head, done, unsolicited, retire, interrupt, idle, waiters)
-        return cut.quiet
+            step = self._framed(proc, head, functools.partial(proc.framer.feed, chunk))
+        return self._act(*step)
 
     def _on_quiet(self, proc: _Process) -> float | None:
         with self._lock:
             if proc is not self._proc:
                 return None
-            head = self._turns[0] if self._turns else None
-            was_busy = self._state is State.BUSY
-            cut = proc.framer.on_quiet()
-            done, unsolicited, retire = self._apply(proc, cut)
-            idle = was_busy and self._state is State.IDLE
-            waiters = self._became_idle() if idle else []
-            interrupt = cut.interrupt and self._state is State.BUSY
-        self._act(proc, cut, head, done, unsolicited, retire, interrupt, idle, waiters)
-        return cut.quiet
+            step = self._framed(proc, self._turns[0] if self._turns else None, proc.framer.on_quiet)
+        return self._act(*step)
+
+    def _framed(self, proc: _Process, head: _Turn | None, call: Callable[[], Cut]) -> tuple[
+            _Process, Cut, _Turn | None, list[Completion], list[Response], str | None, bool, bool,
+            list[Callable[[], None]]]:
+        """Lock held.  Run one framer call and apply what it found; return what ``_act`` then does."""
+        was_busy = self._state is State.BUSY
+        cut = call()
+        done, unsolicited, retire = self._apply(proc, cut)
+        idle = was_busy and self._state is State.IDLE
+        waiters = self._became_idle() if idle else []
+        interrupt = cut.interrupt and self._state is State.BUSY
+        return proc, cut, head, done, unsolicited, retire, interrupt, idle, waiters
 
     def _act(self, proc: _Process, cut: Cut, head: _Turn | None, done: list[Completion],
              unsolicited: list[Response], retire: str | None, interrupt: bool, idle: bool,
-             waiters: list[Callable[[], None]]) -> None:
-        """Outside the lock: carry out what a framer call found (the same for data and quiet)."""
+             waiters: list[Callable[[], None]]) -> float | None:
+        """Outside the lock: carry out what a framer call found (the same for data and quiet);
+        return the quiet period it asks for."""
         if cut.send:
             self._write(proc, cut.send)
         for call in cut.calls:
@@ -937,6 +937,7 @@ class Instance:
         if idle:
             self._idle_now(waiters)
         self._resolve(done)  # last: the woken caller does not wait for the rest of this
+        return cut.quiet
 
     def _call(self, proc: _Process, call: Callable[[], bytes]) -> None:
         """Run a framer's off-thread work; write what it returns if the process is still the current one."""
